@@ -1,0 +1,176 @@
+"""`prism-hpc` command line. Thin: parse, call, print. Exit codes: 0 ok, 1 task failed, 2 bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+
+from prism_hpc.errors import TaskFailed, UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="PRISM dataset distillation on SLURM clusters and single machines.",
+)
+
+SetOpt = typer.Option(None, "--set", help="Override a config value: KEY.PATH=VALUE (repeatable).")
+
+
+def _err(message: str) -> None:
+    typer.echo(f"prism-hpc: error: {message}", err=True)
+
+
+def _prepare(config: Path, overrides: list[str] | None, require_data: bool):
+    from prism_hpc.config.load import load_config
+    from prism_hpc.stages.preflight import preflight
+
+    cfg, raw = load_config(config, overrides or [])
+    warnings = preflight(cfg, require_data=require_data)
+    return cfg, raw, warnings
+
+
+@app.command()
+def submit(
+    config: Optional[Path] = typer.Argument(None, help="Experiment YAML (omit with --resume)."),
+    set_: Optional[list[str]] = SetOpt,
+    backend: Optional[str] = typer.Option(
+        None, help="auto | local | slurm | debug (default: the config's `backend`)."
+    ),
+    run_dir: Optional[Path] = typer.Option(None, help="Run directory (default runs/NAME/STAMP)."),
+    resume: Optional[Path] = typer.Option(
+        None, help="Continue this run: skip items with valid markers; the config must match."
+    ),
+    stages: Optional[str] = typer.Option(
+        None, help="Comma-separated subset of stages to run (default: all)."
+    ),
+) -> None:
+    """Run (local) or submit (SLURM) every stage of an experiment."""
+    from prism_hpc.hpc.backends import resolve_backend
+    from prism_hpc.hpc.launch import launch
+    from prism_hpc.hpc.rundir import new_run_dir, open_run_dir
+
+    if resume is not None:
+        stored = open_run_dir(resume)
+        source = config if config is not None else stored.config
+        cfg, raw, _ = _prepare(source, set_, require_data=False)
+        rd = open_run_dir(resume, cfg)
+    else:
+        if config is None:
+            raise UserError("submit: give a CONFIG file (or --resume RUN_DIR)")
+        cfg, raw, _ = _prepare(config, set_, require_data=True)
+        chosen = resolve_backend(backend or cfg.backend)
+        rd = new_run_dir(cfg, run_dir, raw)
+    chosen = resolve_backend(backend or cfg.backend)
+    typer.echo(f"run dir: {rd.root}")
+    launch(rd, cfg, chosen, only=stages.split(",") if stages else None)
+
+
+@app.command()
+def plan(
+    config: Path = typer.Argument(..., help="Experiment YAML."),
+    set_: Optional[list[str]] = SetOpt,
+    out: Optional[Path] = typer.Option(None, help="Write plan.json and sbatch scripts here."),
+) -> None:
+    """Dry run: stages, array sizes, estimated compute and storage; writes the sbatch scripts."""
+    from prism_hpc.hpc.launch import describe_plan
+
+    cfg, _, warnings = _prepare(config, set_, require_data=False)
+    for w in warnings:
+        typer.echo(f"warning: {w}", err=True)
+    describe_plan(cfg, out)
+
+
+@app.command()
+def status(
+    run: Path = typer.Argument(..., help="Run directory."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    watch: bool = typer.Option(False, help="Refresh every 30 s until all stages finish."),
+) -> None:
+    """Per stage: items done / running / pending / failed (markers first, then one sacct call)."""
+    from prism_hpc.hpc.status import print_status
+
+    print_status(run, as_json=as_json, watch=watch)
+
+
+@app.command()
+def collect(
+    run: Path = typer.Argument(..., help="Run directory."),
+    consolidate: bool = typer.Option(False, help="Copy pixels instead of a Virtual Dataset."),
+) -> None:
+    """Validate all slices into distilled.h5 and gather student results into results.md/.csv."""
+    from prism_hpc.hpc.rundir import open_run_dir
+    from prism_hpc.stages.collect import collect_run
+
+    rd = open_run_dir(run)
+    cfg = rd.load_config()
+    if not rd.distilled.exists() or consolidate:
+        info = collect_run(cfg, rd.root, consolidate=consolidate)
+        typer.echo(f"{rd.distilled}: {info['rows']} images, {info['layout']} layout")
+    else:
+        typer.echo(f"{rd.distilled}: present")
+    from prism_hpc.train.results import write_results
+
+    paths = write_results([rd.root], rd.root)
+    for p in paths:
+        typer.echo(f"wrote {p}")
+
+
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="One or more run directories."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: the first run)."),
+) -> None:
+    """Markdown report with accuracy/ablation tables, diversity and figures."""
+    from prism_hpc.hpc.rundir import open_run_dir
+    from prism_hpc.metrics.report import write_report
+
+    for r in runs:
+        open_run_dir(r)
+    path = write_report(list(runs), out or runs[0])
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run directory."),
+    out: Path = typer.Argument(..., help="Output folder (must not exist or be empty)."),
+    format: str = typer.Option("imagefolder", help="imagefolder (SRe2L layout, PNG)."),
+) -> None:
+    """Write the distilled images for other evaluation code (SRe2L layout)."""
+    from prism_hpc.hpc.rundir import open_run_dir
+    from prism_hpc.store.export import export_imagefolder
+
+    if format != "imagefolder":
+        raise UserError(f"--format {format!r}: expected imagefolder")
+    rd = open_run_dir(run)
+    n = export_imagefolder(rd.root, out)
+    typer.echo(f"wrote {n} PNG files under {out}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.Abort:
+        _err("interrupted")
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(2)
+    except UserError as err:
+        _err(str(err))
+        sys.exit(2)
+    except TaskFailed as err:
+        _err(str(err))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        _err("interrupted; finished items are kept, continue with `prism-hpc submit --resume RUN`")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

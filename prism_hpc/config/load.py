@@ -1,0 +1,120 @@
+"""YAML -> validated Config, with `--set a.b=c` overrides and one-line error messages."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from prism_hpc.config.schema import Config
+from prism_hpc.errors import UserError
+
+# `recover.preset: official` fills these in unless the YAML sets them (docs/recover.md).
+OFFICIAL_RECOVER = {
+    "count_bnless": True,
+    "reduction": "mean",
+    "sampler": "include_prob",
+    "include_prob": 0.5,
+    "scope": "pre",
+    "init": "real",
+}
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
+    """`a.b=c` strings -> (key path, YAML-typed value); `x=1e-3` gives a float."""
+    parsed = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {pair!r}: expected KEY.PATH=VALUE, for example recover.ipc=10")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.strip().split("."), value))
+    return parsed
+
+
+def _apply(data: dict, path: list[str], value: Any, source: str) -> None:
+    node = data
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(path[: i + 1])
+            raise UserError(f"{source}: --set {'.'.join(path)}: {where} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _apply_presets(data: dict) -> None:
+    recover = data.get("recover")
+    if isinstance(recover, dict) and recover.get("preset") == "official":
+        for key, value in OFFICIAL_RECOVER.items():
+            recover.setdefault(key, copy.deepcopy(value))
+
+
+def _value_at(data: Any, loc: tuple) -> Any:
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return "<missing>"
+    return node
+
+
+def format_validation_error(err: ValidationError, data: dict, source: str) -> str:
+    """First problem of a pydantic error as `file: key.path = value: what was expected`."""
+    first = err.errors()[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    key = ".".join(str(p) for p in loc) or "<top level>"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}' (check the spelling; see README 'Config reference')"
+    if first["type"] == "missing":
+        return f"{source}: missing required key '{key}'"
+    value = _value_at(data, loc)
+    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {key}{shown}: {msg}{more}"
+
+
+def config_from_dict(data: dict, source: str = "<config>") -> Config:
+    data = copy.deepcopy(data)
+    _apply_presets(data)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, data, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[Config, dict]:
+    """Read, override and validate; returns the config and the raw input (for provenance)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{path}:{where}: YAML syntax error: {problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of sections at the top level")
+    raw = copy.deepcopy(data)
+    for key_path, value in parse_overrides(overrides or []):
+        _apply(data, key_path, value, str(path))
+    return config_from_dict(data, str(path)), raw
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML (paths as strings), the form written to the run dir."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,261 @@
+"""The experiment schema. Every section rejects unknown keys so that a typo fails loudly.
+
+Defaults are the paper's ImageNet-1K settings (FACTS §A) unless a comment says otherwise;
+`configs/fmnist_demo.yaml` shrinks them for a CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+STAGE_NAMES = ("squeeze", "recover", "collect", "relabel", "train", "report")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    source: Literal["fashion_mnist", "imagefolder"] = "fashion_mnist"
+    root: Path = Path("/usr/share/datasets/fashion-mnist")
+    train_dir: str = "train"  # imagefolder only: sub-folders of `root`
+    val_dir: str = "val"
+    resolution: int = Field(32, ge=8, le=1024)
+    channels: Literal[1, 3] = 1
+    num_classes: int | None = Field(None, ge=2)  # None: taken from the data
+    mean: list[float] | None = None  # None: the source's default
+    std: list[float] | None = None
+    class_names: list[str] | None = None
+    train_limit_per_class: int | None = Field(None, ge=1)  # subset for quick squeezes
+
+    @model_validator(mode="after")
+    def _stats_match_channels(self) -> DataConfig:
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != self.channels:
+                raise ValueError(f"{key} needs {self.channels} value(s), got {len(value)}")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
+class TeacherSpec(Strict):
+    """One architecture of the teacher pool.
+
+    `weights`: `squeeze` (trained by the pipeline), `random` (benchmarks), `torchvision`
+    (the package's default pretrained weights; needs internet or a warm cache) or a local
+    file path (`torch.load(weights_only=True)`, plain state_dict or timm checkpoint).
+    """
+
+    arch: str
+    width: float = Field(1.0, gt=0, le=4)  # < 1 thins the model (CPU demos)
+    weights: str = "squeeze"
+    key_map: Literal["by_name", "by_position"] = "by_name"
+    mean: list[float] | None = None  # the teacher's own input normalisation, if it differs
+    std: list[float] | None = None
+
+
+class SqueezeConfig(Strict):
+    enabled: bool = True
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.05, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+
+
+class AugmentConfig(Strict):
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    flip: bool = True
+    jitter: int = Field(32, ge=0)
+    per_sample: bool = False  # official: one crop for the whole batch
+
+
+class RecoverConfig(Strict):
+    preset: Literal["clean", "official"] = "clean"
+    ipc: int = Field(50, ge=1)
+    ipc_start: int = Field(0, ge=0)
+    slices_per_task: int = Field(1, ge=1)
+    iterations: int = Field(4000, ge=1)
+    iteration_step: int = Field(500, ge=0)  # T_i = iterations - step * (i mod period)
+    iteration_period: int = Field(8, ge=1)
+    lr: float = Field(0.05, gt=0)
+    betas: tuple[float, float] = (0.5, 0.9)
+    classes_per_batch: int = Field(100, ge=1)
+    r_bn: float = Field(0.01, ge=0)
+    first_bn_multiplier: float = Field(10.0, ge=0)
+    reduction: Literal["mean", "sum"] = "mean"
+    count_bnless: bool = False  # official: True (AlexNet counts in K without a BN layer)
+    l2_scale: float = Field(0.0, ge=0)
+    tv_scale: float = Field(0.0, ge=0)
+    init: Literal["real", "noise"] = "real"
+    logit_teacher: str | None = "resnet18"
+    logit_pool: list[str] = Field(default_factory=list)  # non-empty: logit teacher drawn
+    bn_always: list[str] = Field(default_factory=lambda: ["resnet18"])
+    bn_pool: list[str] = Field(
+        default_factory=lambda: ["mobilenet_v2", "efficientnet_b0", "shufflenet_v2_x0_5", "alexnet"]
+    )
+    sampler: Literal["include_prob", "uniform"] = "include_prob"
+    include_prob: float = Field(0.5, ge=0, le=1)
+    k_max: int | None = Field(None, ge=1)
+    scope: Literal["pre", "per_batch", "intra"] = "pre"
+    resample_logit: bool = False  # intra scope: also redraw the logit teacher every step
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    memory: Literal["joint", "sequential"] = "joint"
+    log_every: int = Field(100, ge=1)
+    # CPU intra-op threads per rank. Fixed (not "all cores") because conv backward differs in
+    # the last bits between thread counts, which would make images depend on the world size.
+    cpu_threads: int = Field(1, ge=1)
+    deterministic: bool = True  # cuDNN deterministic kernels on GPU
+
+    @model_validator(mode="after")
+    def _check(self) -> RecoverConfig:
+        if self.iteration_step * (self.iteration_period - 1) >= self.iterations:
+            raise ValueError(
+                "iteration_step * (iteration_period - 1) must be < iterations "
+                f"({self.iteration_step} * {self.iteration_period - 1} >= {self.iterations})"
+            )
+        if self.logit_teacher is None and not self.logit_pool:
+            raise ValueError("set logit_teacher or a non-empty logit_pool")
+        lo, hi = self.augment.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {lo, hi}")
+        return self
+
+    def iterations_for(self, ipc_index: int) -> int:
+        """DELT-style varying budget: later IPC indices stop earlier."""
+        return self.iterations - self.iteration_step * (ipc_index % self.iteration_period)
+
+    def teacher_names(self) -> list[str]:
+        names = ([self.logit_teacher] if self.logit_teacher else []) + self.logit_pool
+        names += self.bn_always + self.bn_pool
+        return list(dict.fromkeys(names))
+
+
+class RelabelConfig(Strict):
+    mode: Literal["offline", "online", "none"] = "offline"
+    teachers: list[str] = Field(
+        default_factory=lambda: ["resnet18", "mobilenet_v2", "alexnet", "shufflenet_v2_x0_5"]
+    )
+    ensemble: Literal["norm_mean", "mean"] = "norm_mean"
+    batch_size: int = Field(50, ge=1)
+    crop_scale: tuple[float, float] = (0.25, 1.0)
+    mix: Literal["cutmix", "mixup", "none"] = "cutmix"
+    mix_alpha: float = Field(1.0, gt=0)
+    storage: Literal["fp16", "topk"] = "fp16"
+    topk: int = Field(10, ge=1)
+    epochs_per_task: int = Field(25, ge=1)
+
+
+class StudentsConfig(Strict):
+    archs: list[str] = Field(default_factory=lambda: ["resnet18"])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    epochs: int = Field(300, ge=1)
+    batch_size: int = Field(50, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    momentum: float = Field(0.9, ge=0)
+    loss: Literal["mse_gt", "kl", "soft_ce", "ce"] = "mse_gt"
+    ce_weight: float = Field(0.1, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    schedule: Literal["cosine", "ssrs", "ssrs_continuous"] = "ssrs"
+    zeta: float = Field(2.5, gt=0)
+    ema: float | None = Field(None, gt=0, lt=1)
+    eval_every: int = Field(10, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    pretrained_cfg: None = None  # reserved
+
+
+class MetricsConfig(Strict):
+    """Diversity metric: penultimate features of `extractor` (a teacher-pool name that should
+    not be a recovery teacher; None: the first student architecture's trained model is not
+    available before training, so the logit teacher is used with a warning)."""
+
+    extractor: str | None = None
+    batch_size: int = Field(256, ge=1)
+
+
+class StageResources(Strict):
+    """SLURM and local resources of one stage; unset fields inherit `resources.default`."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    time_min: int | None = Field(None, ge=1)
+    mem_gb: float | None = Field(None, gt=0)
+    cpus_per_task: int | None = Field(None, ge=1)
+    gpus_per_node: int | None = Field(None, ge=0)
+    tasks_per_node: int | None = Field(None, ge=1)
+    setup: list[str] | None = None
+    sbatch_extra: dict[str, str | int | bool] | None = None
+    array_parallelism: int | None = Field(None, ge=1)
+    max_array_size: int | None = Field(None, ge=1)  # None: read from `scontrol show config`
+    concurrency: int | None = Field(None, ge=1)  # local backend: items run at once
+
+
+RESOURCE_DEFAULTS = StageResources(
+    time_min=60,
+    mem_gb=8,
+    cpus_per_task=1,
+    gpus_per_node=0,
+    tasks_per_node=1,
+    setup=[],
+    sbatch_extra={},
+    concurrency=1,
+)
+
+
+class Resources(Strict):
+    default: StageResources = Field(default_factory=StageResources)
+    squeeze: StageResources = Field(default_factory=StageResources)
+    recover: StageResources = Field(default_factory=StageResources)
+    collect: StageResources = Field(default_factory=StageResources)
+    relabel: StageResources = Field(default_factory=StageResources)
+    train: StageResources = Field(default_factory=StageResources)
+    report: StageResources = Field(default_factory=StageResources)
+
+    def for_stage(self, stage: str) -> StageResources:
+        """Stage value, else `default`, else the built-in default."""
+        merged = RESOURCE_DEFAULTS.model_dump()
+        for layer in (self.default, getattr(self, stage)):
+            merged.update({k: v for k, v in layer.model_dump().items() if v is not None})
+        return StageResources(**merged)
+
+
+class Config(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    seed: int = Field(0, ge=0)
+    backend: Literal["auto", "local", "slurm", "debug"] = "auto"
+    run_root: Path = Path("runs")
+    method: str = "PRISM"  # free label for result tables (PRISM, SRe2L, ablation row)
+    data: DataConfig = Field(default_factory=DataConfig)
+    teachers: dict[str, TeacherSpec]
+    squeeze: SqueezeConfig = Field(default_factory=SqueezeConfig)
+    recover: RecoverConfig = Field(default_factory=RecoverConfig)
+    relabel: RelabelConfig = Field(default_factory=RelabelConfig)
+    students: StudentsConfig = Field(default_factory=StudentsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    resources: Resources = Field(default_factory=Resources)
+
+    @model_validator(mode="after")
+    def _teachers_known(self) -> Config:
+        pool = set(self.teachers)
+        used = {"recover": self.recover.teacher_names()}
+        if self.relabel.mode != "none":
+            used["relabel.teachers"] = self.relabel.teachers
+        if self.metrics.extractor:
+            used["metrics.extractor"] = [self.metrics.extractor]
+        for where, names in used.items():
+            missing = [n for n in names if n not in pool]
+            if missing:
+                raise ValueError(
+                    f"{where} names teacher(s) {missing} that are not in `teachers` "
+                    f"(known: {sorted(pool)})"
+                )
+        return self

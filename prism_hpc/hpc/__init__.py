@@ -1,0 +1,1 @@
+"""Cluster side: plans, backends, torch.distributed set-up, status. Knows nothing about PRISM."""

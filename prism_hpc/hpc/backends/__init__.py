@@ -1,0 +1,14 @@
+"""Backends run a plan: `local` (foreground, this machine), `slurm` (submitit arrays)."""
+
+import shutil
+
+from prism_hpc.errors import UserError
+
+
+def resolve_backend(name: str) -> str:
+    """`auto`: SLURM when `sbatch` is on PATH, else the local machine."""
+    if name == "auto":
+        return "slurm" if shutil.which("sbatch") else "local"
+    if name == "slurm" and not shutil.which("sbatch"):
+        raise UserError("backend slurm: `sbatch` not found on PATH (use --backend local)")
+    return name

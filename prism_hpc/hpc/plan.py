@@ -1,0 +1,55 @@
+"""Map stages to arrays: items -> array indices through the plan, never by job-id arithmetic."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prism_hpc.config.schema import Config
+from prism_hpc.stages.base import Item, Stage
+from prism_hpc.store.atomic import atomic_write_text
+
+
+@dataclass
+class StagePlan:
+    stage: Stage
+    items: list[Item]
+    chunks: list[list[int]]  # item indices per array (each <= max_array_size)
+    resources: dict[str, Any]
+    estimate: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage.name,
+            "depends_on": list(self.stage.depends_on),
+            "items": [i.to_json() for i in self.items],
+            "arrays": self.chunks,
+            "resources": self.resources,
+            "estimate": self.estimate,
+        }
+
+
+def split(n: int, max_size: int) -> list[list[int]]:
+    return [list(range(a, min(a + max_size, n))) for a in range(0, n, max_size)]
+
+
+def make_plan(cfg: Config, stages: list[Stage], max_array_size: int | None = None):
+    plans = []
+    for stage in stages:
+        items = stage.items(cfg)
+        res = cfg.resources.for_stage(stage.name)
+        size = res.max_array_size or max_array_size or 1001
+        plans.append(
+            StagePlan(stage, items, split(len(items), size), res.model_dump(), stage.estimate(cfg))
+        )
+    return plans
+
+
+def write_plan(path: Path, plans: list[StagePlan]) -> None:
+    atomic_write_text(path, json.dumps([p.to_json() for p in plans], indent=1) + "\n")
+
+
+def read_plan(path: Path) -> list[dict[str, Any]]:
+    return json.loads(Path(path).read_text())

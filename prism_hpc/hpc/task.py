@@ -1,0 +1,63 @@
+"""One array task: run one stage item inside a run dir. The function submitit pickles.
+
+Also a module entry point (`python -m prism_hpc.hpc.task RUN STAGE INDEX`) that the local
+backend starts once per rank.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from prism_hpc.hpc import distributed
+from prism_hpc.hpc.rundir import RunDir
+from prism_hpc.stages.base import TaskEnv
+
+
+def run_item(run_dir: str, stage_name: str, index: int, progress=None) -> str:
+    """Run item `index` of `stage_name` unless its marker is already valid. Returns its key."""
+    from prism_hpc.stages.pipeline import stage_by_name
+
+    os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+    rd = RunDir(Path(run_dir))
+    cfg = rd.load_config()
+    stage = stage_by_name(stage_name)
+    item = stage.items(cfg)[index]
+    if stage.is_done(rd.root, item):
+        return item.key
+    info = distributed.dist_info_from_env()
+    if not stage.distributed and info.rank != 0:
+        return item.key  # extra SLURM tasks of a non-distributed stage have nothing to do
+    world = info if stage.distributed else distributed.DistInfo(0, 1, 0, "127.0.0.1", 0)
+    distributed.init_process_group(world)
+    try:
+        env = TaskEnv(
+            run_dir=rd.root,
+            rank=world.rank,
+            world_size=world.world_size,
+            local_rank=info.local_rank,
+            device=distributed.device_for(info.local_rank),
+        )
+        if progress is not None:
+            env.progress = progress
+        stage.run(cfg, item, env)
+    finally:
+        distributed.destroy()
+    return item.key
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    run_dir, stage_name, index = args[0], args[1], int(args[2])
+    try:
+        run_item(run_dir, stage_name, index)
+    except Exception:  # noqa: BLE001 - the log file is the place for the traceback
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The PRISM recovery engine: objective, teacher sampling, augmentation, the optimisation loop."""

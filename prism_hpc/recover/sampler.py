@@ -1,0 +1,53 @@
+"""Teacher roles: which model gives the logits and which subset aligns BN statistics.
+
+Two samplers for the BN pool (the "always" set is always in):
+- `include_prob` (official): each pool member independently with probability p, no repeats;
+- `uniform` (paper eq. 5): a uniformly random non-empty subset of size <= k_max.
+`k_max` caps how many pool members are added in both modes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from prism_hpc.config.schema import RecoverConfig
+
+
+@dataclass(frozen=True)
+class Roles:
+    logit: str
+    bn: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {"logit_teacher": self.logit, "bn_teachers": list(self.bn)}
+
+
+def _uniform_subset(pool: list[str], k_max: int, g: torch.Generator) -> list[str]:
+    """Uniform over all subsets with 1..k_max members: size by C(n, s) weight, then members."""
+    n = len(pool)
+    sizes = list(range(1, min(k_max, n) + 1))
+    weights = torch.tensor([math.comb(n, s) for s in sizes], dtype=torch.float64)
+    size = sizes[int(torch.multinomial(weights, 1, generator=g))]
+    chosen = torch.randperm(n, generator=g)[:size].sort().values
+    return [pool[i] for i in chosen.tolist()]
+
+
+def sample_roles(cfg: RecoverConfig, g: torch.Generator) -> Roles:
+    if cfg.logit_pool:
+        logit = cfg.logit_pool[int(torch.randint(len(cfg.logit_pool), (), generator=g))]
+    else:
+        logit = cfg.logit_teacher
+    always = list(dict.fromkeys(cfg.bn_always))
+    pool = [n for n in dict.fromkeys(cfg.bn_pool) if n not in always]
+    k_max = cfg.k_max if cfg.k_max is not None else len(pool)
+    drawn: list[str] = []
+    if pool and k_max > 0:
+        if cfg.sampler == "uniform":
+            drawn = _uniform_subset(pool, k_max, g)
+        else:
+            coins = torch.rand(len(pool), generator=g, dtype=torch.float64)
+            drawn = [n for n, c in zip(pool, coins.tolist()) if c < cfg.include_prob][:k_max]
+    return Roles(logit, tuple(always + drawn))

@@ -1,0 +1,60 @@
+"""Collect: the gate between recovery and training; validates every slice, writes distilled.h5."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prism_hpc.config.load import dump_config
+from prism_hpc.config.schema import Config
+from prism_hpc.data.sources import FASHION_MNIST_CLASSES, num_classes_of, source_stats
+from prism_hpc.errors import TaskFailed
+from prism_hpc.stages.base import Item, Stage, TaskEnv
+from prism_hpc.stages.recover import slice_indices, slice_path
+from prism_hpc.store.atomic import write_marker
+from prism_hpc.store.collect import MissingSlices, collect_shards
+
+
+def class_names(cfg: Config) -> list[str]:
+    if cfg.data.class_names:
+        return list(cfg.data.class_names)
+    if cfg.data.source == "fashion_mnist":
+        return list(FASHION_MNIST_CLASSES)
+    from prism_hpc.data.sources import open_source
+
+    return open_source(cfg.data, "train").class_names
+
+
+def collect_run(cfg: Config, run_dir: Path, consolidate: bool = False) -> dict:
+    mean, std = source_stats(cfg.data)
+    attrs = {
+        "num_classes": num_classes_of(cfg.data),
+        "class_names": class_names(cfg),
+        "mean": mean,
+        "std": std,
+        "method": cfg.method,
+        "config": dump_config(cfg),
+    }
+    shards = {s: slice_path(run_dir, s) for s in slice_indices(cfg)}
+    try:
+        info = collect_shards(
+            shards, num_classes_of(cfg.data), Path(run_dir) / "distilled.h5", attrs, consolidate
+        )
+    except MissingSlices as err:
+        raise TaskFailed(f"collect: {err}") from None
+    return info
+
+
+class CollectStage(Stage):
+    name = "collect"
+    depends_on = ("recover",)
+
+    def items(self, cfg: Config) -> list[Item]:
+        return [Item(self.name, 0, "distilled", {})]
+
+    def marker_path(self, run_dir: Path, item: Item) -> Path:
+        return Path(run_dir) / "distilled.done"
+
+    def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
+        info = collect_run(cfg, env.run_dir)
+        env.log(f"collect: {info['rows']} images from {len(info['slices'])} slice(s) -> distilled.h5")
+        write_marker(self.marker_path(env.run_dir, item), info)

@@ -1,0 +1,65 @@
+"""Checks that turn bad input into one-line errors before a run directory exists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from prism_hpc.config.schema import Config
+from prism_hpc.data.sources import num_classes_of, open_source
+from prism_hpc.errors import UserError
+from prism_hpc.models.registry import available_archs
+
+
+def check_models(cfg: Config) -> None:
+    known = set(available_archs())
+    for name, spec in cfg.teachers.items():
+        if spec.arch.startswith("timm:"):
+            import timm
+
+            ok = timm.is_model(spec.arch.removeprefix("timm:"))
+        else:
+            ok = spec.arch in known
+        if not ok:
+            raise UserError(
+                f"teachers.{name}.arch = '{spec.arch}': unknown model (expected a torchvision "
+                "name such as resnet18, mobilenet_v2, efficientnet_b0, shufflenet_v2_x0_5, "
+                "alexnet, or timm:<name>)"
+            )
+        if spec.weights not in ("squeeze", "random", "torchvision"):
+            if not Path(spec.weights).expanduser().is_file():
+                raise UserError(f"teachers.{name}.weights = '{spec.weights}': file not found")
+        if spec.weights == "squeeze" and not cfg.squeeze.enabled:
+            raise UserError(
+                f"teachers.{name}.weights = 'squeeze' but squeeze.enabled is false "
+                "(give a weights file or enable squeeze)"
+            )
+    for arch in cfg.students.archs:
+        if arch not in known and not arch.startswith("timm:"):
+            raise UserError(f"students.archs: '{arch}' is not a known model")
+
+
+def check_data(cfg: Config) -> None:
+    """Data present, and enough images per class for the IPC slices asked for."""
+    source = open_source(cfg.data, "train")
+    n = num_classes_of(cfg.data)
+    counts = np.bincount(source.labels, minlength=n)
+    need = cfg.recover.ipc_start + cfg.recover.ipc
+    if cfg.recover.init == "real" and counts.min() < need:
+        raise UserError(
+            f"recover.ipc = {cfg.recover.ipc}: needs {need} images per class, the smallest class "
+            f"of {cfg.data.root} has {int(counts.min())}"
+        )
+
+
+def preflight(cfg: Config, require_data: bool = True) -> list[str]:
+    """Raise UserError on bad input; return warnings (data absent when not required)."""
+    check_models(cfg)
+    try:
+        check_data(cfg)
+    except UserError as err:
+        if require_data or "recover.ipc" in str(err):
+            raise
+        return [f"data not checked: {err}"]
+    return []

@@ -1,0 +1,105 @@
+"""Recover: an array over IPC slices; each task loads its teachers once and writes shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from prism_hpc.config.schema import Config
+from prism_hpc.data.index import class_index
+from prism_hpc.data.sources import num_classes_of, open_source, source_stats
+from prism_hpc.errors import UserError
+from prism_hpc.models.teachers import load_teacher
+from prism_hpc.recover.objective import bn_hooks
+from prism_hpc.recover.slices import recover_slice
+from prism_hpc.stages.base import Item, Stage, TaskEnv
+from prism_hpc.store.shards import marker_for, validate_shard, write_shard
+
+
+def slice_path(run_dir: Path, slice_index: int) -> Path:
+    return Path(run_dir) / "recover" / f"slice_{slice_index:05d}.h5"
+
+
+def slice_indices(cfg: Config) -> list[int]:
+    return list(range(cfg.recover.ipc_start, cfg.recover.ipc_start + cfg.recover.ipc))
+
+
+class RecoverStage(Stage):
+    name = "recover"
+    depends_on = ("squeeze",)
+    distributed = True
+
+    def items(self, cfg: Config) -> list[Item]:
+        slices = slice_indices(cfg)
+        per = cfg.recover.slices_per_task
+        items = []
+        for i, start in enumerate(range(0, len(slices), per)):
+            group = slices[start : start + per]
+            key = f"slice_{group[0]:05d}" if len(group) == 1 else (
+                f"slices_{group[0]:05d}-{group[-1]:05d}"
+            )  # fmt: skip
+            items.append(Item(self.name, i, key, {"slices": group}))
+        return items
+
+    def marker_path(self, run_dir: Path, item: Item) -> Path:
+        return marker_for(slice_path(run_dir, item.payload["slices"][-1]))
+
+    def is_done(self, run_dir: Path, item: Item) -> bool:
+        return all(
+            (marker_for(slice_path(run_dir, s))).is_file() for s in item.payload["slices"]
+        )
+
+    def estimate(self, cfg: Config) -> dict:
+        rec = cfg.recover
+        iters = sum(rec.iterations_for(i) for i in slice_indices(cfg))
+        n = num_classes_of(cfg.data)
+        c, r = cfg.data.channels, cfg.data.resolution
+        return {
+            "image_iterations": iters * n,
+            "storage_gb": round(rec.ipc * n * c * r * r / 1e9, 3),
+            "note": f"{rec.ipc} slice(s) x {n} classes, {iters} iterations in all",
+        }
+
+    def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
+        rec = cfg.recover
+        if env.device.type == "cpu":
+            torch.set_num_threads(rec.cpu_threads)
+        elif rec.deterministic:
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        todo = [s for s in item.payload["slices"] if validate_shard(slice_path(env.run_dir, s))]
+        if not todo:
+            return
+        source = open_source(cfg.data, "train")
+        num_classes = num_classes_of(cfg.data)
+        if source.num_classes != num_classes:
+            raise UserError(
+                f"data.num_classes = {num_classes}: the data has {source.num_classes} classes"
+            )
+        per_class = class_index(source.labels, num_classes)
+        stats = source_stats(cfg.data)
+        names = rec.teacher_names()
+        teachers = {n: load_teacher(cfg, n, env.run_dir, env.device) for n in names}
+        if env.device.type == "cuda":
+            teachers = {n: m.to(memory_format=torch.channels_last) for n, m in teachers.items()}
+        with bn_hooks(teachers, rec.first_bn_multiplier) as hooks:
+            for s in todo:
+                result = recover_slice(
+                    cfg, s, teachers, hooks, source, per_class, num_classes, stats,
+                    env.device, env.rank, env.world_size, log=env.log,
+                )  # fmt: skip
+                if env.is_main:
+                    ipc = torch.full((len(result["labels"]),), s, dtype=torch.int32).numpy()
+                    write_shard(
+                        slice_path(env.run_dir, s), result["images"], result["labels"], ipc,
+                        result["provenance"],
+                    )  # fmt: skip
+                    env.log(
+                        f"slice {s}: logit {result['provenance']['logit_teacher']}, BN "
+                        f"{result['provenance']['bn_teachers']}, top-1 "
+                        + ", ".join(f"{c['logit_top1']:.2f}" for c in result["provenance"]["chunks"])
+                    )
+                if env.world_size > 1:
+                    dist.barrier()
