@@ -1,6 +1,89 @@
-# TEMPORARY (created by the slurm-cluster helper; the lead replaces/merges this).
-from tests.slurm_cluster import slurm_cluster  # noqa: F401
+"""Shared fixtures: tiny configs, real Fashion-MNIST teachers trained once per session, SLURM."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.slurm_cluster import slurm_cluster  # noqa: F401  (session fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+# A small but complete pipeline: two real teacher families at 16 px, seconds per stage.
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "backend": "local",
+    "data": {"source": "fashion_mnist", "root": str(FMNIST), "resolution": 16, "channels": 1},
+    "teachers": {
+        "resnet18": {"arch": "resnet18", "width": 0.25},
+        "shufflenet": {"arch": "shufflenet_v2_x0_5", "width": 0.5},
+    },
+    "squeeze": {"max_steps": 30, "batch_size": 64, "lr": 0.1},
+    "recover": {
+        "ipc": 3,
+        "iterations": 12,
+        "iteration_step": 2,
+        "iteration_period": 4,
+        "classes_per_batch": 10,
+        "logit_teacher": "resnet18",
+        "bn_always": ["resnet18"],
+        "bn_pool": ["shufflenet"],
+        "augment": {"crop_scale": [0.5, 1.0], "jitter": 2},
+        "log_every": 4,
+    },
+    "relabel": {"teachers": ["resnet18", "shufflenet"], "batch_size": 10, "epochs_per_task": 2},
+    "students": {"archs": ["resnet18"], "epochs": 2, "batch_size": 10, "eval_every": 2},
+}
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slurm: needs the local SLURM cluster (slurm/localcluster.sh)")
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def tiny_cfg() -> dict:
+    """A fresh copy of the tiny config dict (mutate freely)."""
+    return copy.deepcopy(TINY)
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def fmnist_available() -> Path:
+    if not (FMNIST / "train-labels-idx1-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST missing: apt-get install dataset-fashion-mnist (make test does)")
+    return FMNIST
+
+
+@pytest.fixture(scope="session")
+def tiny_teachers(tmp_path_factory, fmnist_available) -> dict[str, str]:
+    """The tiny config's teachers squeezed once for the session: name -> weights file."""
+    from prism_hpc.config.load import config_from_dict
+    from prism_hpc.stages.base import TaskEnv
+    from prism_hpc.stages.squeeze import SqueezeStage
+
+    root = tmp_path_factory.mktemp("teachers")
+    cfg = config_from_dict(TINY)
+    stage = SqueezeStage()
+    for item in stage.items(cfg):
+        stage.run(cfg, item, TaskEnv(run_dir=root, log=lambda m: None))
+    return {name: str(root / "teachers" / f"{name}.pt") for name in cfg.teachers}
+
+
+@pytest.fixture
+def tiny_cfg_pretrained(tiny_cfg, tiny_teachers) -> dict:
+    """Tiny config whose teachers load the session's weights (no squeeze stage needed)."""
+    for name, path in tiny_teachers.items():
+        tiny_cfg["teachers"][name]["weights"] = path
+    tiny_cfg["squeeze"]["enabled"] = False
+    return tiny_cfg

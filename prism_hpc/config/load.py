@@ -34,6 +34,11 @@ def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string; users mean a float
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         parsed.append((key.strip().split("."), value))
     return parsed
 

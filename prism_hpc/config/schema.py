@@ -141,13 +141,26 @@ class RelabelConfig(Strict):
         default_factory=lambda: ["resnet18", "mobilenet_v2", "alexnet", "shufflenet_v2_x0_5"]
     )
     ensemble: Literal["norm_mean", "mean"] = "norm_mean"
+    # Teacher forward chunk (memory only). The batches that crops, mixes and the ensemble's
+    # per-batch norm rescaling refer to are the student's `students.batch_size` batches, so
+    # relabel and training always line up (docs/relabel_train.md).
     batch_size: int = Field(50, ge=1)
     crop_scale: tuple[float, float] = (0.25, 1.0)
+    flip: bool = True
     mix: Literal["cutmix", "mixup", "none"] = "cutmix"
     mix_alpha: float = Field(1.0, gt=0)
     storage: Literal["fp16", "topk"] = "fp16"
     topk: int = Field(10, ge=1)
     epochs_per_task: int = Field(25, ge=1)
+
+    @model_validator(mode="after")
+    def _check_relabel(self) -> RelabelConfig:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"relabel.crop_scale must satisfy 0 < lo <= hi <= 1, got {lo, hi}")
+        if self.mode != "none" and not self.teachers:
+            raise ValueError("relabel.teachers is empty (set relabel.mode: none for hard labels)")
+        return self
 
 
 class StudentsConfig(Strict):
@@ -169,6 +182,14 @@ class StudentsConfig(Strict):
     eval_every: int = Field(10, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     pretrained_cfg: None = None  # reserved
+    width: float = Field(1.0, gt=0, le=4)  # < 1 thins the student (CPU demos); 1 = torchvision
+    # Hard-label term after CutMix/Mixup: `original` = the unmixed label (official SRe2L/PRISM
+    # code), `mixed` = lam * CE(y) + (1 - lam) * CE(y_partner).
+    ce_target: Literal["original", "mixed"] = "original"
+    amp: bool = True  # bf16 autocast on GPU; ignored on CPU
+    eval_limit: int | None = Field(None, ge=1)  # evaluate on the first N test images (quick runs)
+    eval_workers: int = Field(4, ge=0)  # DataLoader workers for ImageFolder validation
+    cpu_threads: int | None = Field(None, ge=1)  # fixed intra-op threads on CPU (determinism)
 
 
 class MetricsConfig(Strict):

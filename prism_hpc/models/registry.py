@@ -141,7 +141,7 @@ def _unwrap_checkpoint(obj: object) -> dict[str, torch.Tensor]:
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if tensors:
             return {k.removeprefix("module."): v for k, v in tensors.items()}
-    raise UserError("checkpoint holds no state_dict")
+    raise UserError("checkpoint holds no state_dict")  # caller adds the path
 
 
 def load_weights(model: nn.Module, path: str | Path, key_map: str = "by_name") -> nn.Module:
@@ -153,7 +153,12 @@ def load_weights(model: nn.Module, path: str | Path, key_map: str = "by_name") -
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file {path} not found")
-    state = _unwrap_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - pickled code, corrupt file, wrong format
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: not a loadable weights file ({first})") from None
+    state = _unwrap_checkpoint(obj)
     if key_map == "by_position":
         target = model.state_dict()
         if len(target) != len(state):
@@ -161,7 +166,11 @@ def load_weights(model: nn.Module, path: str | Path, key_map: str = "by_name") -
                 f"{path}: {len(state)} tensors, model {type(model).__name__} has {len(target)}"
             )
         state = {k: v for k, v in zip(target, state.values(), strict=True)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatch
+        detail = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise UserError(f"{path}: does not fit {type(model).__name__}: {detail}") from None
     if missing or unexpected:
         raise UserError(
             f"{path}: does not fit {type(model).__name__}: missing {missing[:3]}, "

@@ -1,0 +1,91 @@
+"""Config schema, YAML loading, overrides and one-line error messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from prism_hpc.config.load import config_from_dict, dump_config, load_config, parse_overrides
+from prism_hpc.errors import UserError
+from tests.conftest import write_yaml
+
+
+def test_overrides_are_yaml_typed():
+    parsed = dict((".".join(k), v) for k, v in parse_overrides(
+        ["recover.ipc=7", "recover.lr=1e-3", "squeeze.enabled=false", "name=abc", "a.b=[1, 2]"]
+    ))  # fmt: skip
+    assert parsed == {
+        "recover.ipc": 7, "recover.lr": 1e-3, "squeeze.enabled": False, "name": "abc",
+        "a.b": [1, 2],
+    }  # fmt: skip
+
+
+def test_override_applies_and_validates(tmp_path, tiny_cfg):
+    path = write_yaml(tmp_path / "c.yaml", tiny_cfg)
+    cfg, raw = load_config(path, ["recover.ipc=2", "recover.augment.jitter=0"])
+    assert cfg.recover.ipc == 2 and cfg.recover.augment.jitter == 0
+    assert raw["recover"]["ipc"] == 3  # the input is kept as given
+    with pytest.raises(UserError, match=r"recover\.ipc = 'many'"):
+        load_config(path, ["recover.ipc=many"])
+
+
+def test_unknown_key_names_the_path(tmp_path, tiny_cfg):
+    tiny_cfg["recover"]["iteratons"] = 5
+    path = write_yaml(tmp_path / "c.yaml", tiny_cfg)
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    assert str(err.value) == (
+        f"{path}: unknown key 'recover.iteratons' (check the spelling; see README 'Config reference')"
+    )
+
+
+def test_wrong_type_and_range(tiny_cfg):
+    tiny_cfg["recover"]["iterations"] = 0
+    with pytest.raises(UserError, match=r"recover\.iterations = 0: Input should be greater than"):
+        config_from_dict(tiny_cfg, "x.yaml")
+    tiny_cfg["recover"]["iterations"] = "lots"
+    with pytest.raises(UserError, match=r"recover\.iterations = 'lots': Input should be a valid"):
+        config_from_dict(tiny_cfg, "x.yaml")
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nrecover: {ipc: 3\n")
+    with pytest.raises(UserError, match=r"bad\.yaml: line \d+ column \d+: YAML syntax error"):
+        load_config(path)
+
+
+def test_missing_file():
+    with pytest.raises(UserError, match="nope.yaml: config file not found"):
+        load_config("nope.yaml")
+
+
+def test_unknown_teacher_reference(tiny_cfg):
+    tiny_cfg["recover"]["bn_pool"] = ["vgg_missing"]
+    with pytest.raises(UserError, match=r"recover names teacher\(s\) \['vgg_missing'\]"):
+        config_from_dict(tiny_cfg)
+
+
+def test_official_preset_fills_only_unset(tiny_cfg):
+    tiny_cfg["recover"]["preset"] = "official"
+    assert config_from_dict(tiny_cfg).recover.count_bnless is True
+    tiny_cfg["recover"]["count_bnless"] = False
+    assert config_from_dict(tiny_cfg).recover.count_bnless is False
+
+
+def test_iteration_rule_and_dump_roundtrip(tiny_cfg):
+    cfg = config_from_dict(tiny_cfg)
+    # T_i = 12 - 2 * (i mod 4)
+    assert [cfg.recover.iterations_for(i) for i in range(6)] == [12, 10, 8, 6, 12, 10]
+    import yaml
+
+    again = config_from_dict(yaml.safe_load(dump_config(cfg)))
+    assert dump_config(again) == dump_config(cfg)
+
+
+def test_resources_inherit_default(tiny_cfg):
+    tiny_cfg["resources"] = {"default": {"partition": "gpu", "time_min": 30},
+                             "recover": {"time_min": 90, "gpus_per_node": 4}}  # fmt: skip
+    res = config_from_dict(tiny_cfg).resources
+    rec, train = res.for_stage("recover"), res.for_stage("train")
+    assert (rec.partition, rec.time_min, rec.gpus_per_node) == ("gpu", 90, 4)
+    assert (train.partition, train.time_min, train.gpus_per_node) == ("gpu", 30, 0)

@@ -1,0 +1,82 @@
+"""Shards (atomic, checksummed) and the collected Virtual Dataset."""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from prism_hpc.store.atomic import atomic_path, read_marker
+from prism_hpc.store.collect import MissingSlices, collect_shards
+from prism_hpc.store.shards import marker_for, read_shard, validate_shard, write_shard
+
+
+def _shard(path, s, classes=4, seed=0):
+    rng = np.random.default_rng(seed + s)
+    images = rng.integers(0, 256, (classes, 1, 8, 8), dtype=np.uint8)
+    labels = np.arange(classes)
+    write_shard(path, images, labels, np.full(classes, s), {"slice": s, "bn_teachers": ["a"]})
+    return images
+
+
+def test_shard_roundtrip_and_marker(tmp_path):
+    images = _shard(tmp_path / "slice_00000.h5", 0)
+    marker = read_marker(marker_for(tmp_path / "slice_00000.h5"))
+    assert marker["rows"] == 4 and len(marker["sha256"]) == 64
+    back = read_shard(tmp_path / "slice_00000.h5")
+    np.testing.assert_array_equal(back["images"], images)
+    assert back["provenance"] == {"slice": 0, "bn_teachers": ["a"]}
+    with h5py.File(tmp_path / "slice_00000.h5") as f:
+        assert f["images"].chunks == (1, 1, 8, 8)
+    assert validate_shard(tmp_path / "slice_00000.h5", 4) is None
+    assert "expected 5" in validate_shard(tmp_path / "slice_00000.h5", 5)
+
+
+def test_tampered_or_unmarked_shard_is_invalid(tmp_path):
+    path = tmp_path / "slice_00001.h5"
+    _shard(path, 1)
+    with open(path, "r+b") as fh:
+        fh.seek(-1, 2)
+        fh.write(b"\x00" if fh.read(1) != b"\x00" else b"\x01")
+    assert "checksum" in validate_shard(path)
+    marker_for(path).unlink()
+    assert "no .done marker" in validate_shard(path)
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    final = tmp_path / "x.txt"
+    final.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(final) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert final.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+@pytest.mark.parametrize("consolidate", [False, True])
+def test_collect_orders_slices_and_survives_a_move(tmp_path, consolidate):
+    run = tmp_path / "run"
+    shards = {s: run / "recover" / f"slice_{s:05d}.h5" for s in range(3)}
+    expected = [_shard(p, s) for s, p in shards.items()]
+    info = collect_shards(shards, 4, run / "distilled.h5", {"num_classes": 4}, consolidate)
+    assert info["rows"] == 12
+    moved = tmp_path / "elsewhere"
+    shutil.move(run, moved)
+    with h5py.File(moved / "distilled.h5") as f:
+        np.testing.assert_array_equal(f["images"][()], np.concatenate(expected))
+        assert f["labels"][()].tolist() == [0, 1, 2, 3] * 3
+        assert f["ipc_index"][()].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+        assert f.attrs["num_classes"] == 4
+        assert f["images"].is_virtual is (not consolidate)
+
+
+def test_collect_names_missing_slices(tmp_path):
+    shards = {s: tmp_path / f"slice_{s:05d}.h5" for s in range(4)}
+    _shard(shards[0], 0)
+    _shard(shards[2], 2)
+    with pytest.raises(MissingSlices, match=r"missing or invalid slice\(s\): 1, 3"):
+        collect_shards(shards, 4, tmp_path / "distilled.h5", {})
+    assert not (tmp_path / "distilled.h5").exists()
