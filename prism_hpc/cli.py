@@ -30,7 +30,10 @@ def _prepare(config: Path, overrides: list[str] | None, require_data: bool):
     from prism_hpc.stages.preflight import preflight
 
     cfg, raw = load_config(config, overrides or [])
-    warnings = preflight(cfg, require_data=require_data)
+    try:
+        warnings = preflight(cfg, require_data=require_data)
+    except UserError as err:
+        raise UserError(f"{config}: {err}") from None  # name the file for every bad input
     return cfg, raw, warnings
 
 
@@ -150,6 +153,63 @@ def export(
     rd = open_run_dir(run)
     n = export_imagefolder(rd.root, out)
     typer.echo(f"wrote {n} PNG files under {out}")
+
+
+@app.command()
+def resubmit(
+    run: Path = typer.Argument(..., help="Run directory."),
+    failed: bool = typer.Option(
+        True, "--failed/--all", help="Only items without a valid marker (the default)."
+    ),
+) -> None:
+    """Submit new arrays for incomplete items; dependents re-wired, stale dependents cancelled."""
+    from prism_hpc.hpc.backends.slurm import resubmit_failed
+    from prism_hpc.hpc.rundir import open_run_dir
+
+    if not failed:
+        raise UserError("resubmit --all: not supported; finished items are never redone")
+    rd = open_run_dir(run)
+    submitted = resubmit_failed(rd)
+    if not submitted:
+        typer.echo("nothing to resubmit: every item has a valid marker")
+
+
+@app.command()
+def cancel(run: Path = typer.Argument(..., help="Run directory.")) -> None:
+    """Cancel every SLURM job of the run (finished items keep their markers)."""
+    from prism_hpc.hpc.backends.slurm import cancel_run
+    from prism_hpc.hpc.rundir import open_run_dir
+
+    ids = cancel_run(open_run_dir(run))
+    typer.echo(f"cancelled {len(ids)} array job(s): {' '.join(ids)}")
+
+
+@app.command()
+def logs(
+    run: Path = typer.Argument(..., help="Run directory."),
+    stage: str = typer.Argument(..., help="Stage name, e.g. recover."),
+    index: int = typer.Argument(..., help="Item index within the stage (see plan.json)."),
+) -> None:
+    """Print the path of a task's log file."""
+    from prism_hpc.hpc.rundir import open_run_dir
+
+    rd = open_run_dir(run)
+    local = sorted((rd.logs / stage).glob("*.log")) if (rd.logs / stage).is_dir() else []
+    try:
+        from prism_hpc.hpc.backends.slurm import log_path
+
+        typer.echo(str(log_path(rd, stage, index)))
+    except UserError:
+        from prism_hpc.stages.pipeline import stage_by_name
+
+        items = stage_by_name(stage).items(rd.load_config())
+        if not 0 <= index < len(items):
+            raise UserError(f"logs: stage {stage} has {len(items)} item(s), no index {index}")
+        key = items[index].key
+        match = [p for p in local if p.name.startswith(key)]
+        if not match:
+            raise UserError(f"{rd.root}: no log for {stage} item {index} ({key})")
+        typer.echo("\n".join(str(p) for p in match))
 
 
 def main() -> None:

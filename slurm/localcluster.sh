@@ -71,12 +71,18 @@ recorded_pid() { [ -f "$PIDS/$1.pid" ] && tr -dc '0-9' <"$PIDS/$1.pid" || true; 
 
 # True if daemon $1 is running with its recorded PID (and that PID really is that program).
 alive() {
-    local pid comm
+    local pid comm stat
     pid=$(recorded_pid "$1")
     [ -n "$pid" ] || return 1
     [ -r "/proc/$pid/comm" ] || return 1
     comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
-    [ "$comm" = "$1" ]
+    [ "$comm" = "$1" ] || return 1
+    # A zombie is dead: our daemons are reparented to PID 1, which may reap late or never
+    # (containers whose PID 1 is not an init).
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    case "${stat:0:1}" in Z|X) return 1 ;; esac
+    return 0
 }
 
 # start NAME CMD...: run CMD in its own session in the background, stdio to the log,
@@ -87,9 +93,7 @@ start_bg() {
     setsid "$@" </dev/null >>"$LOG/$name.out" 2>&1 &
     echo $! >"$PIDS/$name.pid"
     sleep 0.2
-    alive "$name" || { tail -n 30 "$LOG/$name.out" >&2 || true
-                       tail -n 30 "$LOG/$name.log" >&2 2>/dev/null || true
-                       die "$name exited at once (logs: $LOG/$name.out, $LOG/$name.log)"; }
+    alive "$name" || { show_logs "$name"; die "$name exited at once (logs in $LOG)"; }
     log "started $name (pid $(recorded_pid "$name"))"
 }
 
@@ -111,13 +115,27 @@ stop_daemon() {
     log "stopped $name (pid $pid)"
 }
 
-# wait_for DESCRIPTION CMD...: poll CMD until it succeeds or UP_TIMEOUT passes.
+# show_logs NAME: the tail of a daemon's logs, for error messages.
+show_logs() {
+    local f="$LOG/$1.log"   # daemons run with -D log to both; the .out has pre-logfile errors
+    [ -s "$f" ] || f="$LOG/$1.out"
+    [ -s "$f" ] && { echo "---- tail of $f" >&2; tail -n 25 "$f" >&2; }
+    return 0
+}
+
+# wait_for DAEMON DESCRIPTION CMD...: poll CMD until it succeeds; fail at once if DAEMON
+# died, or after UP_TIMEOUT seconds.
 wait_for() {
-    local what=$1; shift
+    local daemon=$1 what=$2; shift 2
     local t0; t0=$(date +%s.%N)
     local deadline=$(( $(date +%s) + UP_TIMEOUT ))
     until "$@" >/dev/null 2>&1; do
+        if ! alive "$daemon"; then
+            show_logs "$daemon"
+            die "$daemon exited while waiting for $what (logs in $LOG)"
+        fi
         if [ "$(date +%s)" -ge "$deadline" ]; then
+            show_logs "$daemon"
             die "timed out after ${UP_TIMEOUT}s waiting for $what (logs in $LOG)"
         fi
         sleep 0.2
@@ -248,15 +266,15 @@ EOF
     )
     mv -f "$DBD_CONF.tmp" "$DBD_CONF"
     chmod 600 "$DBD_CONF"
+}
 
-    # Convenience: plain `sbatch` (no SLURM_CONF) finds this cluster. Never clobber a real file.
-    if is_root; then
-        mkdir -p /etc/slurm
-        if [ -L /etc/slurm/slurm.conf ] || [ ! -e /etc/slurm/slurm.conf ]; then
-            ln -sfn "$CONF" /etc/slurm/slurm.conf
-        else
-            log "note: /etc/slurm/slurm.conf is a real file; left alone (use SLURM_CONF)"
-        fi
+# Convenience: plain `sbatch` (no SLURM_CONF) finds this cluster. Never clobber a real file.
+link_etc_conf() {
+    mkdir -p /etc/slurm
+    if [ -L /etc/slurm/slurm.conf ] || [ ! -e /etc/slurm/slurm.conf ]; then
+        ln -sfn "$CONF" /etc/slurm/slurm.conf
+    else
+        log "note: /etc/slurm/slurm.conf is a real file; left alone (use SLURM_CONF)"
     fi
 }
 
@@ -277,8 +295,8 @@ start_munged() {
     start_bg munged setpriv --reuid=munge --regid=munge --init-groups \
         munged --foreground --socket="$MUNGE_SOCK" --key-file="$MUNGE_KEY" \
         --pid-file="$MUNGE_DIR/munged.pid" --seed-file="$MUNGE_DIR/munged.seed" \
-        --log-file="$LOG/munged.log"
-    wait_for munged bash -c "munge -n -S '$MUNGE_SOCK' | unmunge -S '$MUNGE_SOCK'"
+        --log-file="$MUNGE_DIR/munged.log"
+    wait_for munged munged bash -c "munge -n -S '$MUNGE_SOCK' | unmunge -S '$MUNGE_SOCK'"
 }
 
 db_sql() { mariadb --no-defaults --socket="$DB_SOCK" -uroot -e "$1"; }
@@ -289,7 +307,8 @@ start_mariadbd() {
     chmod 750 "$DB_DIR"
     local mariadb_opts=(--datadir="$DB_DATA" --socket="$DB_SOCK" --pid-file="$DB_DIR/mariadbd.pid"
         --port="$DB_PORT" --bind-address=127.0.0.1 --skip-name-resolve
-        --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900 --log-error="$LOG/mariadbd.log" --tmpdir="$DB_DIR")
+        --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900
+        --innodb-use-native-aio=0 --tmpdir="$DB_DIR")
     if [ ! -d "$DB_DATA/mysql" ]; then
         local t0; t0=$(date +%s.%N)
         rm -rf "$DB_DATA"
@@ -304,7 +323,7 @@ start_mariadbd() {
     rm -f "$DB_SOCK"
     # --no-defaults must come first: ignore /etc/mysql entirely.
     start_bg mariadbd mariadbd --no-defaults --user=mysql "${mariadb_opts[@]}"
-    wait_for mariadbd mariadb-admin --no-defaults --socket="$DB_SOCK" -uroot ping
+    wait_for mariadbd mariadbd mariadb-admin --no-defaults --socket="$DB_SOCK" -uroot ping
     local pass; pass=$(cat "$DB_PASS_FILE")
     db_sql "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
             CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$pass';
@@ -319,7 +338,7 @@ start_mariadbd() {
 
 start_slurmdbd() {
     start_bg slurmdbd slurmdbd -D
-    wait_for slurmdbd sacctmgr -n -P list cluster
+    wait_for slurmdbd slurmdbd sacctmgr -n -P list cluster
 }
 
 # Cluster, account and user in accounting (idempotent).
@@ -344,7 +363,7 @@ register_accounting() {
 start_slurmctld() {
     # -i: ignore unreadable state files (e.g. after an unclean stop).
     start_bg slurmctld slurmctld -D -i -f "$CONF"
-    wait_for slurmctld scontrol ping
+    wait_for slurmctld slurmctld scontrol ping
 }
 
 node_idle() { sinfo -h -N -o '%t' 2>/dev/null | grep -Eqx 'idle|mix'; }
@@ -352,7 +371,7 @@ node_idle() { sinfo -h -N -o '%t' 2>/dev/null | grep -Eqx 'idle|mix'; }
 start_slurmd() {
     local host; host=$(hostname -s)
     start_bg slurmd slurmd -D -N "$host" -f "$CONF"
-    wait_for "node $host idle" node_idle
+    wait_for slurmd "node $host idle" node_idle
 }
 
 smoke_job() {
@@ -381,6 +400,16 @@ cmd_up() {
     fi
     mkdir -p "$STATE" "$PIDS" "$RUN" "$LOG" "$STATE/state" "$STATE/spool"
     chmod 755 "$STATE"
+    # munged and mariadbd run as their own users and must reach their dirs under $STATE.
+    setpriv --reuid=mysql --regid=mysql --clear-groups test -x "$STATE" \
+        || die "user mysql cannot enter $STATE (a parent dir is not world-executable); set PRISM_SLURM_DIR elsewhere"
+    # A changed ClusterName would make slurmctld refuse its (private) saved state.
+    if [ -f "$STATE/state/clustername" ] && [ "$(cat "$STATE/state/clustername")" != "$CLUSTER" ]; then
+        log "ClusterName changed; discarding saved controller state"
+        rm -rf "$STATE/state" && mkdir -p "$STATE/state"
+    fi
+    # Whatever fails from here on: stop what was started, keep the logs.
+    trap 'rc=$?; if [ "$rc" != 0 ]; then echo "localcluster: bring-up failed; stopping the daemons started so far (logs in $LOG)" >&2; cmd_down >/dev/null 2>&1 || true; fi' EXIT
     [ -s "$DB_PASS_FILE" ] || (umask 077; head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$DB_PASS_FILE")
     write_configs
     start_munged
@@ -390,6 +419,8 @@ cmd_up() {
     start_slurmctld
     start_slurmd
     smoke_job
+    trap - EXIT
+    link_etc_conf
     log "cluster '$CLUSTER' up in $(elapsed "$T0")s  (SLURM_CONF=$CONF, CPUs=$CPUS, MaxArraySize=$MAX_ARRAY_SIZE)"
     echo "localcluster: up; eval \"\$($0 env)\" to use it"
 }

@@ -19,9 +19,9 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pytest
 
@@ -30,13 +30,27 @@ LOCALCLUSTER = REPO_ROOT / "slurm" / "localcluster.sh"
 ETC_CONF = Path("/etc/slurm/slurm.conf")
 SACCT_FIELDS = ("JobID", "JobName", "State", "ExitCode")
 # States after which a job's accounting row no longer changes.
-_UNFINISHED = ("PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING",
-               "COMPLETING", "STAGE_OUT", "SIGNALING", "REQUEUE_FED", "REQUEUE_HOLD",
-               "RESV_DEL_HOLD", "STOPPED")
+_UNFINISHED = (
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "RESIZING",
+    "SUSPENDED",
+    "CONFIGURING",
+    "COMPLETING",
+    "STAGE_OUT",
+    "SIGNALING",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "RESV_DEL_HOLD",
+    "STOPPED",
+)
 
 
 def _run(cmd: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def _tail(text: str, n: int = 40) -> str:
@@ -76,8 +90,14 @@ class SlurmCluster:
         ids = [str(j).strip() for j in job_ids]
         if not ids:
             return []
-        cmd = ["sacct", "--parsable2", "--noheader", "-j", ",".join(ids),
-               "--format=" + ",".join(SACCT_FIELDS + ("Partition",))]
+        cmd = [
+            "sacct",
+            "--parsable2",
+            "--noheader",
+            "-j",
+            ",".join(ids),
+            "--format=" + ",".join(SACCT_FIELDS + ("Partition",)),
+        ]
         if allocations_only:
             cmd.append("-X")
         deadline = time.monotonic() + timeout
@@ -85,8 +105,11 @@ class SlurmCluster:
         while True:
             res = _run(cmd, timeout=30, env=self.env)
             if res.returncode == 0:
-                full = [dict(zip(SACCT_FIELDS + ("Partition",), line.split("|")))
-                        for line in res.stdout.splitlines() if line.strip()]
+                full = [
+                    dict(zip(SACCT_FIELDS + ("Partition",), line.split("|")))
+                    for line in res.stdout.splitlines()
+                    if line.strip()
+                ]
                 rows = [{k: r.get(k, "") for k in SACCT_FIELDS} for r in full]
                 if self._complete(ids, full, wait_finished):
                     return rows
@@ -97,8 +120,11 @@ class SlurmCluster:
     @staticmethod
     def _complete(ids: list[str], rows: list[dict], wait_finished: bool) -> bool:
         for jid in ids:
-            mine = [r for r in rows
-                    if r["JobID"] == jid or r["JobID"].startswith((jid + "_", jid + "."))]
+            mine = [
+                r
+                for r in rows
+                if r["JobID"] == jid or r["JobID"].startswith((jid + "_", jid + "."))
+            ]
             if not mine:
                 return False
             if wait_finished and any((r["State"].split() or [""])[0] in _UNFINISHED for r in mine):
@@ -121,14 +147,18 @@ def _max_array_size(env: dict) -> int:
     res = _run(["scontrol", "show", "config"], timeout=30, env=env)
     m = re.search(r"^MaxArraySize\s*=\s*(\d+)", res.stdout, re.MULTILINE)
     if res.returncode != 0 or not m:
-        raise RuntimeError(f"cannot read MaxArraySize from scontrol: {_tail(res.stdout + res.stderr)}")
+        raise RuntimeError(
+            f"cannot read MaxArraySize from scontrol: {_tail(res.stdout + res.stderr)}"
+        )
     return int(m.group(1))
 
 
 def _unavailable(reason: str) -> None:
     if os.environ.get("PRISM_REQUIRE_SLURM") == "1":
-        pytest.fail(f"SLURM cluster required (PRISM_REQUIRE_SLURM=1) but unavailable: {reason}",
-                    pytrace=False)
+        pytest.fail(
+            f"SLURM cluster required (PRISM_REQUIRE_SLURM=1) but unavailable: {reason}",
+            pytrace=False,
+        )
     pytest.skip(f"no SLURM cluster: {reason}")
 
 
@@ -140,9 +170,29 @@ def _find_running() -> Path | None:
         candidates.append(Path(os.environ["SLURM_CONF"]))
     candidates.append(ETC_CONF)
     for conf in candidates:
-        if conf.exists() and _answers(conf):
+        if not conf.exists():
+            continue
+        # Our own (stopped) localcluster: skip sinfo, which takes ~9 s to give up.
+        if _is_localcluster_conf(conf) and not _localcluster_running():
+            continue
+        if _answers(conf):
             return conf
     return None
+
+
+def _is_localcluster_conf(conf: Path) -> bool:
+    state = Path(os.environ.get("PRISM_SLURM_DIR", "/tmp/prism-slurm"))
+    try:
+        return conf.resolve() == (state / "slurm.conf").resolve()
+    except OSError:
+        return False
+
+
+def _localcluster_running() -> bool:
+    try:
+        return _run(["bash", str(LOCALCLUSTER), "status"], timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def _bring_up() -> tuple[Path, bool]:
@@ -151,14 +201,15 @@ def _bring_up() -> tuple[Path, bool]:
         _unavailable(f"{LOCALCLUSTER} not found")
     script = ["bash", str(LOCALCLUSTER)]
     try:
-        already = _run(script + ["status"], timeout=30).returncode == 0
+        already = _localcluster_running()
         t0 = time.monotonic()
         up = _run(script + ["up"], timeout=900)
     except subprocess.TimeoutExpired as exc:
         _unavailable(f"'localcluster.sh up' timed out: {exc}")
     if up.returncode != 0:
-        _unavailable(f"'localcluster.sh up' failed (rc {up.returncode}):\n"
-                     f"{_tail(up.stdout + up.stderr)}")
+        _unavailable(
+            f"'localcluster.sh up' failed (rc {up.returncode}):\n{_tail(up.stdout + up.stderr)}"
+        )
     print(f"\n[slurm_cluster] localcluster.sh up took {time.monotonic() - t0:.1f} s")
     env_out = _run(script + ["env"], timeout=30).stdout
     m = re.search(r"SLURM_CONF=(\S+)", env_out)
@@ -173,8 +224,10 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     started = False
     if conf is None:
         if os.geteuid() != 0:
-            _unavailable("no running cluster answers sinfo, and bringing one up "
-                         "(slurm/localcluster.sh up) needs root")
+            _unavailable(
+                "no running cluster answers sinfo, and bringing one up "
+                "(slurm/localcluster.sh up) needs root"
+            )
         conf, started = _bring_up()
         if not _answers(conf):
             _unavailable(f"cluster brought up but sinfo does not answer with SLURM_CONF={conf}")
@@ -187,8 +240,9 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
             max_array = _max_array_size(env)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             _unavailable(str(exc))
-        yield SlurmCluster(conf_path=str(conf), max_array_size=max_array,
-                           started_here=started, env=env)
+        yield SlurmCluster(
+            conf_path=str(conf), max_array_size=max_array, started_here=started, env=env
+        )
     finally:
         if old is None:
             os.environ.pop("SLURM_CONF", None)

@@ -6,10 +6,11 @@ Defaults are the paper's ImageNet-1K settings (FACTS §A) unless a comment says 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 STAGE_NAMES = ("squeeze", "recover", "collect", "relabel", "train", "report")
 
@@ -94,6 +95,8 @@ class RecoverConfig(Strict):
     init: Literal["real", "noise"] = "real"
     logit_teacher: str | None = "resnet18"
     logit_pool: list[str] = Field(default_factory=list)  # non-empty: logit teacher drawn
+    # The (drawn) logit teacher is also a BN teacher: single-teacher alignment (phi = theta).
+    bn_include_logit: bool = False
     bn_always: list[str] = Field(default_factory=lambda: ["resnet18"])
     bn_pool: list[str] = Field(
         default_factory=lambda: ["mobilenet_v2", "efficientnet_b0", "shufflenet_v2_x0_5", "alexnet"]
@@ -105,6 +108,9 @@ class RecoverConfig(Strict):
     resample_logit: bool = False  # intra scope: also redraw the logit teacher every step
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     memory: Literal["joint", "sequential"] = "joint"
+    # bf16 autocast of the teacher forwards (BN statistics and losses stay fp32); `none`: fp32
+    amp: Literal["none", "bf16"] = "none"
+    compile: bool = False  # torch.compile each teacher once per process (first steps slow)
     log_every: int = Field(100, ge=1)
     # CPU intra-op threads per rank. Fixed (not "all cores") because conv backward differs in
     # the last bits between thread counts, which would make images depend on the world size.
@@ -218,6 +224,39 @@ class StageResources(Strict):
     array_parallelism: int | None = Field(None, ge=1)
     max_array_size: int | None = Field(None, ge=1)  # None: read from `scontrol show config`
     concurrency: int | None = Field(None, ge=1)  # local backend: items run at once
+
+    @field_validator("partition", "account", "qos", "constraint")
+    @classmethod
+    def _one_line(cls, v: str | None) -> str | None:
+        """Values go into `#SBATCH --key=value` lines (shell-quoted); a newline would end the
+        comment and start a shell line, so control characters are refused outright."""
+        if v is not None and any(ord(ch) < 32 for ch in v):
+            raise ValueError("must be a single line without control characters")
+        return v
+
+    @field_validator("setup")
+    @classmethod
+    def _setup_words(cls, v: list[str] | None) -> list[str] | None:
+        import shlex
+
+        for line in v or []:
+            if any(ord(ch) < 32 for ch in line):
+                raise ValueError("setup lines must be single lines")
+            try:
+                shlex.split(line)
+            except ValueError as err:
+                raise ValueError(f"setup line {line!r}: {err}") from None
+        return v
+
+    @field_validator("sbatch_extra")
+    @classmethod
+    def _extra_one_line(cls, v):
+        for key, value in (v or {}).items():
+            if not re.fullmatch(r"[a-z][a-z0-9_-]*", key):
+                raise ValueError(f"sbatch option name {key!r} must look like 'mail_type'")
+            if any(ord(ch) < 32 for ch in str(value)):
+                raise ValueError(f"value of {key!r} must be a single line")
+        return v
 
 
 RESOURCE_DEFAULTS = StageResources(

@@ -48,9 +48,46 @@ def run_item(run_dir: str, stage_name: str, index: int, progress=None) -> str:
     return item.key
 
 
+class RunItem:
+    """The callable submitit pickles: a module-level class, so it unpickles on the node."""
+
+    def __call__(self, run_dir: str, stage_name: str, index: int) -> str:
+        return run_item(run_dir, stage_name, index)
+
+
+def _checkpointable_base():
+    import submitit
+
+    return submitit.helpers.Checkpointable
+
+
+class CheckpointableRunItem(RunItem, _checkpointable_base()):
+    """For stages that checkpoint every epoch: on USR2/timeout submitit requeues the same call,
+    and the stage resumes from its last completed epoch."""
+
+
+def task_function(stage) -> RunItem:
+    return CheckpointableRunItem() if getattr(stage, "checkpointable", False) else RunItem()
+
+
+def item_for_array(run_dir: str, stage_name: str, chunk: int, array_index: int) -> int:
+    """Plan lookup: array `chunk` of a stage, array task `array_index` -> item index."""
+    from prism_hpc.hpc.plan import read_plan
+
+    for entry in read_plan(RunDir(Path(run_dir)).plan):
+        if entry["stage"] == stage_name:
+            return entry["arrays"][chunk][array_index]
+    raise KeyError(f"stage {stage_name} not in plan.json")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`RUN STAGE INDEX` or `RUN STAGE --array CHUNK ARRAY_INDEX` (rendered sbatch scripts)."""
     args = sys.argv[1:] if argv is None else argv
-    run_dir, stage_name, index = args[0], args[1], int(args[2])
+    run_dir, stage_name = args[0], args[1]
+    if args[2] == "--array":
+        index = item_for_array(run_dir, stage_name, int(args[3]), int(args[4]))
+    else:
+        index = int(args[2])
     try:
         run_item(run_dir, stage_name, index)
     except Exception:  # noqa: BLE001 - the log file is the place for the traceback

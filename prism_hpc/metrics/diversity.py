@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import h5py
 import numpy as np
@@ -65,9 +66,9 @@ def penultimate_features(
     captured: list[torch.Tensor] = []
 
     def hook(_module, inputs):
-        captured.append(inputs[0])
+        captured[:] = [inputs[0]]  # only the latest Linear input is kept
 
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # restored one by one afterwards
     model.eval()
     handles = [m.register_forward_pre_hook(hook) for m in linears]
     out = []
@@ -85,7 +86,8 @@ def penultimate_features(
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     if not out:
         return torch.zeros(0, 0)
     return torch.cat(out)
@@ -243,7 +245,7 @@ def embed_classes(num_classes: int, k: int = EMBED_CLASSES) -> list[int]:
     """Up to `k` classes spread evenly over the label range (all of them for <= k classes)."""
     if num_classes <= k:
         return list(range(num_classes))
-    return sorted({int(round(v)) for v in np.linspace(0, num_classes - 1, k)})
+    return sorted({round(float(v)) for v in np.linspace(0, num_classes - 1, k)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,9 +396,10 @@ def compute_diversity(
             ref = _features_of_source(model, source, idx, distilled.mean, distilled.std, bs, device)
             result["reference"] = intra_class_cosine(ref, distilled.labels)
             result["reference"]["kind"] = (
-                "real initial images" if cfg.recover.init == "real"
+                "real initial images"
+                if cfg.recover.init == "real"
                 else "real images of the same slots (the run started from noise)"
-            )  # fmt: skip
+            )
             arrays["reference"] = ref[torch.from_numpy(keep)].numpy().astype(np.float16)
         except UserError as err:
             log(f"report: warning: no real reference for diversity: {err}")
@@ -417,9 +420,8 @@ def write_diversity(run_dir: Path, result: dict[str, Any], arrays: dict[str, np.
 
     run_dir = Path(run_dir)
     out = run_dir / DIVERSITY_JSON
-    with atomic_path(run_dir / FEATURES_NPZ) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+    with atomic_path(run_dir / FEATURES_NPZ) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
     atomic_write_text(out, json.dumps(_jsonable(result), indent=1) + "\n")
     return out
 
@@ -474,4 +476,3 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
-

@@ -8,7 +8,12 @@ from prism_hpc.errors import UserError
 def resolve_backend(name: str) -> str:
     """`auto`: SLURM when `sbatch` is on PATH, else the local machine."""
     if name == "auto":
-        return "slurm" if shutil.which("sbatch") else "local"
+        if shutil.which("sbatch"):
+            from prism_hpc.hpc.backends.slurm import is_slurm_available
+
+            if is_slurm_available():
+                return "slurm"
+        return "local"
     if name == "slurm" and not shutil.which("sbatch"):
         raise UserError("backend slurm: `sbatch` not found on PATH (use --backend local)")
     return name

@@ -1,0 +1,45 @@
+"""Report: the pipeline's last stage. Diversity of the distilled set (and of its real reference)
+into `diversity.json`, then `report.md` + `figures/` in the run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prism_hpc.config.schema import Config
+from prism_hpc.stages.base import Item, Stage, TaskEnv
+from prism_hpc.store.atomic import write_marker
+
+
+class ReportStage(Stage):
+    name = "report"
+    depends_on = ("train",)
+
+    def items(self, cfg: Config) -> list[Item]:
+        return [Item(self.name, 0, "report", {})]
+
+    def estimate(self, cfg: Config) -> dict:
+        return {"note": "diversity features of the distilled set and its real reference, report"}
+
+    def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
+        if not env.is_main:
+            return
+        from prism_hpc.metrics.diversity import compute_diversity, write_diversity
+        from prism_hpc.metrics.report import write_report
+
+        run_dir = Path(env.run_dir)
+        result, arrays = compute_diversity(cfg, run_dir, env.device, env.log)
+        write_diversity(run_dir, result, arrays)
+        report = write_report(
+            [run_dir], run_dir, compute_diversity=False, device=env.device, log=env.log
+        )
+        env.log(f"report: wrote {report}")
+        ref = result.get("reference") or {}
+        write_marker(
+            self.marker_path(run_dir, item),
+            {
+                "report": report.name,
+                "extractor": result["extractor"],
+                "diversity_mean": result["distilled"]["mean"],
+                "reference_mean": ref.get("mean"),
+            },
+        )

@@ -1,0 +1,200 @@
+"""The SLURM backend against a real single-node cluster (slurm/localcluster.sh).
+
+MaxArraySize is 5 in the test cluster, so array splitting is exercised for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from prism_hpc.store.atomic import file_sha256
+from tests.conftest import write_yaml
+from tests.test_cli import run_cli
+
+pytestmark = pytest.mark.slurm
+
+
+def wait_for(path: Path, timeout: float = 600, run: Path | None = None) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        if time.time() > deadline:
+            detail = run_cli("status", run).stdout if run else ""
+            logs = ""
+            if run and (run / "logs").is_dir():
+                for log in sorted((run / "logs").rglob("*.out"))[-3:]:
+                    logs += f"\n--- {log}\n" + log.read_text()[-3000:]
+            raise AssertionError(f"{path} did not appear within {timeout} s\n{detail}{logs}")
+        time.sleep(1)
+
+
+def submissions(run: Path) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for event in json.loads((run / "state.json").read_text()):
+        if event.get("event") == "submit":
+            out.setdefault(event["stage"], []).append(event)
+    return out
+
+
+def _images(run: Path) -> np.ndarray:
+    with h5py.File(run / "distilled.h5") as f:
+        return f["images"][()]
+
+
+def test_pipeline_on_slurm_matches_local(tmp_path, tiny_cfg_pretrained, slurm_cluster):
+    cfg = tiny_cfg_pretrained
+    path = write_yaml(tmp_path / "c.yaml", cfg)
+    local = tmp_path / "local"
+    assert run_cli("submit", path, "--run-dir", local, "--backend", "local",
+                   "--stages", "recover,collect").returncode == 0  # fmt: skip
+    run = tmp_path / "slurm"
+    started = time.time()
+    result = run_cli("submit", path, "--run-dir", run, "--backend", "slurm")
+    assert result.returncode == 0, result.stderr
+    assert time.time() - started < 60  # returns at once, does not wait for the jobs
+    assert "recover" in result.stdout and "job(s)" in result.stdout
+    wait_for(run / "report" / "report.done", run=run)
+    assert np.array_equal(_images(run), _images(local))
+
+    subs = submissions(run)
+    assert list(subs) == ["recover", "collect", "relabel", "train", "report"]  # no squeeze items
+    ids = {stage: [a["job_id"] for e in events for a in e["arrays"]] for stage, events in subs.items()}
+    assert subs["recover"][0]["dependency"] is None
+    assert subs["collect"][0]["dependency"] == "afterany:" + ":".join(ids["recover"])
+    assert subs["relabel"][0]["dependency"] == "afterok:" + ":".join(ids["collect"])
+    assert subs["train"][0]["dependency"] == "afterok:" + ":".join(ids["relabel"])
+    rows = slurm_cluster.sacct([j for js in ids.values() for j in js])
+    per_stage = {}
+    for row in rows:
+        per_stage.setdefault(row["JobName"], []).append(row)
+    assert len(per_stage["prism-tiny-recover"]) == 3  # one array of 3 slices
+    assert len(per_stage["prism-tiny-collect"]) == 1
+    assert all(r["State"] == "COMPLETED" for r in rows), rows
+    assert (run / "slurm" / "recover.sbatch").is_file()
+
+
+def test_arrays_split_at_max_array_size(tmp_path, tiny_cfg_pretrained, slurm_cluster):
+    assert slurm_cluster.max_array_size == 5
+    cfg = tiny_cfg_pretrained
+    cfg["recover"].update(ipc=12, iterations=3, iteration_step=0)
+    path = write_yaml(tmp_path / "c.yaml", cfg)
+    run = tmp_path / "run"
+    result = run_cli("submit", path, "--run-dir", run, "--backend", "slurm",
+                     "--stages", "recover,collect")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    wait_for(run / "distilled.done", run=run)
+    arrays = submissions(run)["recover"][0]["arrays"]
+    assert [len(a["items"]) for a in arrays] == [5, 5, 2]
+    assert [i for a in arrays for i in a["items"]] == list(range(12))
+    rows = slurm_cluster.sacct([a["job_id"] for a in arrays])
+    assert len(rows) == 12 and all(r["State"] == "COMPLETED" for r in rows)
+    with h5py.File(run / "distilled.h5") as f:
+        assert f["ipc_index"][()].tolist() == [i for i in range(12) for _ in range(10)]
+
+
+def test_cancelled_slice_fails_collect_then_resubmit(tmp_path, tiny_cfg_pretrained, slurm_cluster):
+    cfg = tiny_cfg_pretrained
+    cfg["recover"].update(ipc=4, iterations=30, iteration_step=0)
+    cfg["resources"] = {"recover": {"array_parallelism": 1}}  # slice 3 is still pending
+    path = write_yaml(tmp_path / "c.yaml", cfg)
+    run = tmp_path / "run"
+    result = run_cli("submit", path, "--run-dir", run, "--backend", "slurm",
+                     "--stages", "recover,collect")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    recover = submissions(run)["recover"][0]["arrays"][0]
+    subprocess.run(["scancel", f"{recover['job_id']}_3"], check=True)
+    cancelled_at = time.time()
+
+    status = None
+    while time.time() - cancelled_at < 30:
+        status = json.loads(run_cli("status", run, "--json").stdout)
+        rec = next(r for r in status if r["stage"] == "recover")
+        if 3 in rec.get("failed", []):
+            break
+        time.sleep(2)
+    rec = next(r for r in status if r["stage"] == "recover")
+    assert 3 in rec["failed"] and 3 not in rec.get("running", []), rec
+
+    collect = submissions(run)["collect"][0]["arrays"][0]
+    rows = slurm_cluster.sacct([collect["job_id"]], timeout=300)
+    assert rows and rows[0]["State"] == "FAILED", rows
+    log = Path(collect["logs"][0])
+    assert "missing or invalid slice(s): 3" in log.read_text()
+    assert not (run / "distilled.h5").exists()
+    logs = run_cli("logs", run, "collect", 0)
+    assert logs.stdout.strip() == str(log)
+
+    done = {s: file_sha256(run / "recover" / f"slice_{s:05d}.h5") for s in range(3)}
+    mtimes = {s: (run / "recover" / f"slice_{s:05d}.h5").stat().st_mtime_ns for s in range(3)}
+    again = run_cli("resubmit", run, "--failed")
+    assert again.returncode == 0, again.stderr
+    wait_for(run / "distilled.done", run=run)
+    subs = submissions(run)
+    assert subs["recover"][-1]["attempt"] == 1 and subs["recover"][-1]["arrays"][0]["items"] == [3]
+    new_recover = subs["recover"][-1]["arrays"][0]["job_id"]
+    assert subs["collect"][-1]["dependency"] == f"afterany:{new_recover}"
+    for s in range(3):
+        assert file_sha256(run / "recover" / f"slice_{s:05d}.h5") == done[s]
+        assert (run / "recover" / f"slice_{s:05d}.h5").stat().st_mtime_ns == mtimes[s]
+    with h5py.File(run / "distilled.h5") as f:
+        assert f["ipc_index"][()].tolist() == [s for s in range(4) for _ in range(10)]
+
+
+PWN = "$(touch {m})"
+
+
+def test_shell_metacharacters_are_never_executed(tmp_path, tiny_cfg):
+    marker = tmp_path / "pwned"
+    evil = PWN.format(m=marker)
+    bad_name = dict(tiny_cfg, name=evil)
+    result = run_cli("plan", write_yaml(tmp_path / "n.yaml", bad_name))
+    assert result.returncode == 2 and "name" in result.stderr
+
+    tiny_cfg["resources"] = {
+        "default": {
+            "partition": evil, "account": f"`touch {marker}`", "qos": f"a;touch {marker}",
+            "constraint": f"x|touch {marker}", "sbatch_extra": {"comment": evil},
+            "setup": [f"echo {evil} `touch {marker}` > {tmp_path}/setup.txt; touch {marker}"],
+        }
+    }  # fmt: skip
+    tiny_cfg["run_root"] = str(tmp_path / "runs")
+    out = tmp_path / "dry"
+    result = run_cli("plan", write_yaml(tmp_path / "c.yaml", tiny_cfg), "--out", out)
+    assert result.returncode == 0, result.stderr
+    scripts = sorted((out / "slurm").glob("*.sbatch"))
+    assert scripts
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "srun").write_text('#!/bin/sh\necho "$@" >> "$SRUN_LOG"\n')
+    (stub / "srun").chmod(0o755)
+    env = dict(os.environ, PATH=f"{stub}:{os.environ['PATH']}", SLURM_ARRAY_TASK_ID="0",
+               SRUN_LOG=str(tmp_path / "srun.log"))  # fmt: skip
+    for script in scripts:
+        subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True, timeout=60)
+    assert not marker.exists()
+    assert (tmp_path / "setup.txt").is_file() is False  # the redirection stayed literal text
+    calls = (tmp_path / "srun.log").read_text().splitlines()
+    assert len(calls) == len(scripts)
+    assert all("prism_hpc.hpc.task" in c and "--array 0 0" in c for c in calls)
+
+    from prism_hpc.config.load import config_from_dict
+    from prism_hpc.hpc.backends.slurm import _executor
+    from prism_hpc.hpc.launch import plans_for
+    from prism_hpc.hpc.rundir import RunDir
+
+    cfg = config_from_dict(tiny_cfg)
+    plan = plans_for(cfg, max_array_size=5)[1]
+    executor = _executor(RunDir(tmp_path / "r"), cfg, plan, tmp_path / "logs", "afterok:1")
+    text = executor._make_submission_file_text("python -c pass", "uid")
+    body = tmp_path / "submitit.sh"
+    body.write_text(text.replace("srun ", "true "))
+    subprocess.run(["bash", str(body)], env=env, check=True, capture_output=True, timeout=60)
+    assert not marker.exists()
+    assert "#SBATCH --kill-on-invalid-dep=yes" in text and "HDF5_USE_FILE_LOCKING=FALSE" in text
