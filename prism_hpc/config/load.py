@@ -13,13 +13,29 @@ from prism_hpc.config.schema import Config
 from prism_hpc.errors import UserError
 
 # `recover.preset: official` fills these in unless the YAML sets them (docs/recover.md).
+# Only `count_bnless` differs from the clean default today; the rest pins the official values
+# so that the preset keeps meaning "the official code's math" if a clean default changes.
 OFFICIAL_RECOVER = {
     "count_bnless": True,
     "reduction": "mean",
     "sampler": "include_prob",
     "include_prob": 0.5,
+    "k_max": None,
     "scope": "pre",
+    "resample_logit": False,
+    "bn_include_logit": False,
     "init": "real",
+    "iterations": 4000,
+    "iteration_step": 500,
+    "iteration_period": 8,
+    "lr": 0.05,
+    "betas": [0.5, 0.9],
+    "classes_per_batch": 100,
+    "r_bn": 0.01,
+    "first_bn_multiplier": 10.0,
+    "l2_scale": 0.0,
+    "tv_scale": 0.0,
+    "augment": {"crop_scale": [0.08, 1.0], "flip": True, "jitter": 32, "per_sample": False},
 }
 
 

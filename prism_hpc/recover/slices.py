@@ -83,7 +83,9 @@ def recover_slice(
         roles = slice_roles(cfg, slice_index, c)
         x, used, history = recover_chunk(
             x0.to(device), targets, teachers, hooks, rec, iterations, bounds,
-            aug_gen=generator(cfg.seed, "recover-augment", slice_index, c, device=device.type),
+            # CPU generator on any device: augment draws CPU scalars (a CUDA generator fails
+            # there), and the draws are then the same on CPU and GPU.
+            aug_gen=generator(cfg.seed, "recover-augment", slice_index, c),
             role_gen=generator(cfg.seed, "recover-intra", slice_index, c),
             fixed_roles=roles,
             progress=lambda e, c=c: log(

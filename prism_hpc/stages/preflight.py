@@ -55,11 +55,14 @@ def check_data(cfg: Config) -> None:
 
 def preflight(cfg: Config, require_data: bool = True) -> list[str]:
     """Raise UserError on bad input; return warnings (data absent when not required)."""
+    from prism_hpc.recover.checks import recover_warnings
+
     check_models(cfg)
+    warnings = recover_warnings(cfg)
     try:
         check_data(cfg)
     except UserError as err:
         if require_data or "recover.ipc" in str(err):
             raise
-        return [f"data not checked: {err}"]
-    return []
+        warnings.append(f"data not checked: {err}")
+    return warnings

@@ -12,6 +12,7 @@ from prism_hpc.data.index import class_index
 from prism_hpc.data.sources import num_classes_of, open_source, source_stats
 from prism_hpc.errors import UserError
 from prism_hpc.models.teachers import load_teacher
+from prism_hpc.recover.checks import bn_teacher_candidates, bnless_message
 from prism_hpc.recover.objective import bn_hooks
 from prism_hpc.recover.slices import recover_slice
 from prism_hpc.stages.base import Item, Stage, TaskEnv
@@ -85,6 +86,9 @@ class RecoverStage(Stage):
         if env.device.type == "cuda":
             teachers = {n: m.to(memory_format=torch.channels_last) for n, m in teachers.items()}
         with bn_hooks(teachers, rec.first_bn_multiplier) as hooks:
+            bnless = [n for n in bn_teacher_candidates(cfg) if not hooks[n].has_bn]
+            if bnless and env.is_main:
+                env.log("warning: " + bnless_message(bnless, rec.count_bnless, rec.reduction))
             for s in todo:
                 result = recover_slice(
                     cfg, s, teachers, hooks, source, per_class, num_classes, stats,
