@@ -212,6 +212,15 @@ def logs(
         typer.echo("\n".join(str(p) for p in match))
 
 
+def _add_bench() -> None:
+    from prism_hpc.recover.bench_cli import bench_app
+
+    app.add_typer(bench_app, name="bench", help="Benchmarks: `prism-hpc bench recover --help`.")
+
+
+_add_bench()
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -93,6 +93,10 @@ class RecoverConfig(Strict):
     l2_scale: float = Field(0.0, ge=0)
     tv_scale: float = Field(0.0, ge=0)
     init: Literal["real", "noise"] = "real"
+    # No optimisation: store the initial images (real or noise) unchanged, quantised to uint8 like
+    # every distilled set. The "initial images" baseline row, relabeled and trained exactly like
+    # the recovered sets; teachers still run once to record CE/BN/top-1 of the initial images.
+    init_only: bool = False
     logit_teacher: str | None = "resnet18"
     logit_pool: list[str] = Field(default_factory=list)  # non-empty: logit teacher drawn
     # The (drawn) logit teacher is also a BN teacher: single-teacher alignment (phi = theta).

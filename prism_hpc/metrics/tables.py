@@ -460,6 +460,7 @@ def recovery_signature(r: RunInfo) -> tuple:
         "include_prob",
         "resample_logit",
         "init",
+        "init_only",
         "r_bn",
         "iterations",
     )

@@ -165,4 +165,11 @@ def recover_chunk(
                 if progress:
                     progress(entry)
             pending = []
+    if iterations == 0:  # recover.init_only: no step; the losses of the initial images, once
+        roles = fixed_roles or sample_roles(cfg, role_gen)
+        used.append(roles)
+        d = augment.draw(cfg.augment, size, x.shape[0], aug_gen)
+        with torch.no_grad():
+            _, ce, bn = recovery_loss(x, targets, roles, teachers, hooks, cfg, d, backward=False)
+        history.append({"step": 0, "ce": float(ce), "bn": float(bn)})
     return x.detach(), used, history

@@ -70,7 +70,7 @@ def recover_slice(
     mean = torch.tensor(stats[0]).view(1, -1, 1, 1)
     std = torch.tensor(stats[1]).view(1, -1, 1, 1)
     bounds = pixel_bounds(stats[0], stats[1], device)
-    iterations = rec.iterations_for(slice_index)
+    iterations = 0 if rec.init_only else rec.iterations_for(slice_index)
     chunks = class_chunks(num_classes, rec.classes_per_batch)
     mine: list[dict[str, Any]] = []
     for c in range(rank, len(chunks), world_size):

@@ -1,0 +1,77 @@
+"""Teacher-ensemble soft labels.
+
+`norm_mean` (official PRISM relabel): each teacher's logits for the whole batch are rescaled
+to the mean Frobenius norm across teachers, then averaged:
+
+    n_k = ||L_k||_F,  n = mean_k n_k,  out = mean_k (n / n_k) * L_k
+
+so that a teacher with large logits does not dominate. `mean` is the plain average.
+The norm is over the *batch* (the optimizer-step batch of the plan), so soft labels depend on
+batch composition; teacher forwards may be chunked for memory without changing the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+EPS = 1e-12
+
+
+def combine_logits(
+    logits: Sequence[torch.Tensor],
+    method: str = "norm_mean",
+    sq_norm_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Combine per-teacher logits (each (B, K)) into one (B, K) float32 tensor.
+
+    `sq_norm_reduce`: for a batch split over ranks, a function that sums the per-teacher
+    squared norms (a (T,) tensor) over ranks, e.g. an all_reduce; None: this is the whole batch.
+    """
+    stack = torch.stack([t.float() for t in logits])  # (T, B, K)
+    if method == "mean":
+        return stack.mean(0)
+    if method != "norm_mean":
+        raise ValueError(f"unknown ensemble method {method!r} (norm_mean | mean)")
+    sq = stack.pow(2).sum(dim=(1, 2))  # (T,)
+    if sq_norm_reduce is not None:
+        sq = sq_norm_reduce(sq)
+    norms = sq.sqrt().clamp_min(EPS)
+    scale = norms.mean() / norms  # (T,)
+    return (stack * scale.view(-1, 1, 1)).mean(0)
+
+
+class Ensemble:
+    """Frozen teachers that turn a normalised batch into one soft-label logit tensor."""
+
+    def __init__(self, teachers: dict[str, nn.Module], method: str = "norm_mean", chunk: int = 50):
+        if not teachers:
+            raise ValueError("an ensemble needs at least one teacher")
+        self.teachers = teachers
+        self.method = method
+        self.chunk = max(1, chunk)
+
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for model in self.teachers.values():
+            parts = [model(x[i : i + self.chunk]).float() for i in range(0, len(x), self.chunk)]
+            out.append(torch.cat(parts))
+        return out
+
+    @torch.no_grad()
+    def __call__(
+        self, x: torch.Tensor, sq_norm_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        return combine_logits(self.teacher_logits(x), self.method, sq_norm_reduce)
+
+
+def load_ensemble(cfg, run_dir: Path, device: torch.device | str = "cpu") -> Ensemble:
+    """The `relabel.teachers` of the config as frozen eval models on `device`."""
+    from prism_hpc.models.teachers import load_teacher
+
+    teachers = {n: load_teacher(cfg, n, Path(run_dir), device) for n in cfg.relabel.teachers}
+    return Ensemble(teachers, cfg.relabel.ensemble, cfg.relabel.batch_size)

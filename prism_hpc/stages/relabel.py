@@ -1,0 +1,81 @@
+"""Relabel: an array over chunks of epochs; each task writes one HDF5 file of plans + labels.
+
+Only `relabel.mode: offline` has items; online relabel happens inside training and `none`
+trains on hard labels, so those modes give this stage zero items (nothing to wait for).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prism_hpc.config.schema import Config
+from prism_hpc.data.sources import num_classes_of
+from prism_hpc.relabel.ensemble import load_ensemble
+from prism_hpc.relabel.offline import (
+    DistilledSet,
+    chunk_key,
+    chunk_marker,
+    chunk_path,
+    epoch_chunks,
+    estimate_storage_bytes,
+    human_bytes,
+    label_bytes_per_visit,
+    write_relabel_chunk,
+)  # fmt: skip
+from prism_hpc.stages.base import Item, Stage, TaskEnv
+from prism_hpc.store.atomic import write_marker
+
+
+class RelabelStage(Stage):
+    name = "relabel"
+    depends_on = ("collect",)
+
+    def items(self, cfg: Config) -> list[Item]:
+        if cfg.relabel.mode != "offline":
+            return []
+        return [
+            Item(self.name, i, chunk_key(start, stop), {"epochs": [start, stop]})
+            for i, (start, stop) in enumerate(epoch_chunks(cfg))
+        ]
+
+    def marker_path(self, run_dir: Path, item: Item) -> Path:
+        return chunk_marker(run_dir, *item.payload["epochs"])
+
+    def is_done(self, run_dir: Path, item: Item) -> bool:
+        return (
+            super().is_done(run_dir, item)
+            and chunk_path(run_dir, *item.payload["epochs"]).is_file()
+        )
+
+    def estimate(self, cfg: Config) -> dict:
+        if cfg.relabel.mode != "offline":
+            return {"storage_gb": 0.0, "note": f"relabel.mode = {cfg.relabel.mode}: nothing stored"}
+        k = num_classes_of(cfg.data)
+        n = cfg.recover.ipc * k
+        total = estimate_storage_bytes(cfg, n, k)
+        per = label_bytes_per_visit(k, cfg.relabel.storage, cfg.relabel.topk)
+        chunks = epoch_chunks(cfg)
+        return {
+            "storage_gb": round(total / 1e9, 3),
+            "storage_bytes": total,
+            "files": len(chunks),
+            "teacher_forwards": cfg.students.epochs * n * len(cfg.relabel.teachers),
+            "note": (
+                f"{cfg.students.epochs} epochs x {n} images, {cfg.relabel.storage} "
+                f"({per} B/label before gzip), {len(chunks)} file(s), ~{human_bytes(total)}"
+            ),
+        }
+
+    def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
+        start, stop = item.payload["epochs"]
+        distilled = DistilledSet(Path(env.run_dir) / "distilled.h5")
+        try:
+            ensemble = load_ensemble(cfg, env.run_dir, env.device)
+            info = write_relabel_chunk(
+                cfg, chunk_path(env.run_dir, start, stop), range(start, stop), distilled,
+                ensemble, env.device, env.log,
+            )  # fmt: skip
+        finally:
+            distilled.close()
+        env.log(f"relabel {item.key}: {human_bytes(info['bytes'])} in {info['seconds']} s")
+        write_marker(self.marker_path(env.run_dir, item), info)
