@@ -7,6 +7,13 @@ per iteration. Interleaving matters on a shared machine: load drifts over minute
     .venv/bin/python benchmarks/recover_compare.py --rounds 5 --iters 5 --threads 2 \
         [--variants naive,opt,opt-nchw,opt-bf16,opt-seq] [--json out.json]
 
+--paired: one process holds the naive loop and each optimised variant (separate model copies)
+and alternates single iterations (rotating which goes first), --pairs times; it reports each
+variant's median and the median of the per-pair ratios naive / variant. Load that changes
+within seconds hits both sides of a pair alike, so this is the most robust number on a shared
+machine. (An optimised iteration there is `recover_chunk(..., iterations=1)` continuing from
+the current images: the loop's per-iteration work plus a fresh Adam object.)
+
 Variants: naive (official pattern); opt (the recover stage's step: fp32, channels_last, joint);
 opt-nchw (opt without channels_last: ablation); opt-bf16 (amp bf16); opt-seq (memory
 sequential); opt-compile (torch.compile; the first steps compile, so use --warmup >= 3).
@@ -59,6 +66,78 @@ def run_variant(variant: str, a) -> dict:
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+def paired(a) -> None:
+    import random
+    import time
+
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from recover_naive import NaiveLoop
+
+    from prism_hpc.recover.bench import build_problem
+    from prism_hpc.recover.loop import recover_chunk
+    from prism_hpc.recover.objective import bn_hooks
+
+    torch.set_num_threads(a.threads)
+    teachers = a.teachers.split(",")
+    variants = [v for v in a.variants.split(",") if v != "naive"]
+    total = a.warmup + a.pairs
+    naive = NaiveLoop(teachers, a.res, a.batch, total)
+    opts = {}
+    for v in variants:
+        if v not in ("opt", "opt-bf16", "opt-seq", "opt-compile"):
+            raise SystemExit(f"--paired supports opt, opt-bf16, opt-seq, opt-compile, not {v}")
+        p = build_problem(teachers, a.res, a.batch, amp="bf16" if v == "opt-bf16" else None,
+                          compile=v == "opt-compile",
+                          memory="sequential" if v == "opt-seq" else "joint")  # fmt: skip
+        opts[v] = {"p": p, "x": p.x0, "g": torch.Generator().manual_seed(1), "hooks": None}
+    order = ["naive"] + variants
+    times: dict[str, list[float]] = {v: [] for v in order}
+    rng = random.Random(0)
+    stack = [bn_hooks(o["p"].models, o["p"].cfg.first_bn_multiplier) for o in opts.values()]
+    for o, ctx in zip(opts.values(), stack):
+        o["hooks"] = ctx.__enter__()
+    try:
+        for i in range(total):
+            rng.shuffle(order)
+            for v in order:
+                t0 = time.perf_counter()
+                if v == "naive":
+                    naive.step()
+                else:
+                    o = opts[v]
+                    p = o["p"]
+                    o["x"], _, _ = recover_chunk(
+                        o["x"], p.targets, p.models, o["hooks"], p.cfg, 1, p.bounds,
+                        aug_gen=o["g"], role_gen=o["g"], fixed_roles=p.roles,
+                    )  # fmt: skip
+                if i >= a.warmup:
+                    times[v].append(time.perf_counter() - t0)
+    finally:
+        for ctx in stack:
+            ctx.__exit__(None, None, None)
+        naive.close()
+    print(f"{a.teachers} | {a.res} px | batch {a.batch} | {a.threads} threads | paired, "
+          f"{a.pairs} iterations each (+{a.warmup} warm-up), order shuffled per pair")
+    print("| variant | median ms/iter | median of per-pair ratio naive / variant |")
+    print("|---|---|---|")
+    out = {"args": vars(a), "ms": {}, "ratio": {}}
+    for v in ["naive"] + variants:
+        med = statistics.median(times[v]) * 1e3
+        out["ms"][v] = [round(t * 1e3, 2) for t in times[v]]
+        if v == "naive":
+            print(f"| naive | {med:.1f} | 1.00x |")
+            continue
+        ratios = [n / o for n, o in zip(times["naive"], times[v])]
+        out["ratio"][v] = statistics.median(ratios)
+        q = statistics.quantiles(ratios, n=4) if len(ratios) >= 4 else [min(ratios), 0, max(ratios)]
+        print(f"| {v} | {med:.1f} | {statistics.median(ratios):.2f}x "
+              f"(quartiles {q[0]:.2f}-{q[2]:.2f}) |")  # fmt: skip
+    if a.json:
+        Path(a.json).write_text(json.dumps(out))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teachers", default="resnet18,mobilenet_v2,shufflenet_v2_x0_5,efficientnet_b0")
@@ -71,7 +150,12 @@ def main(argv=None) -> None:
     ap.add_argument("--variants", default="naive,opt")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--json", default=None, help="write every run's result here")
+    ap.add_argument("--paired", action="store_true", help="alternate iterations in one process")
+    ap.add_argument("--pairs", type=int, default=30, help="--paired: timed iterations each")
     a = ap.parse_args(argv)
+    if a.paired:
+        paired(a)
+        return
     variants = a.variants.split(",")
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for rnd in range(a.rounds):

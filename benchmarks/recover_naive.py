@@ -142,50 +142,68 @@ def naive_objective(setup: NaiveSetup, x: torch.Tensor, targets: torch.Tensor, d
     return setup.loss(xa, targets)
 
 
+class NaiveLoop:
+    """The official loop, one iteration per `step()` (so that it can be interleaved)."""
+
+    def __init__(self, archs, res, batch, total, device="cpu", seed=0, jitter=32, lr=0.05):
+        random.seed(seed)
+        torch.manual_seed(seed)
+        self.setup = NaiveSetup(archs, res, batch, device, seed)
+        self.inputs = self.setup.problem.x0.clone().requires_grad_(True)
+        self.targets = self.setup.problem.targets
+        self.res, self.total, self.jitter, self.lr = res, total, jitter, lr
+        self.optimizer = torch.optim.Adam([self.inputs], lr=lr, betas=[0.5, 0.9], eps=1e-8)
+        self.iteration = 0
+        self.best_cost = 1e4
+        self.best_inputs = None
+
+    def step(self) -> float:
+        inputs, optimizer = self.inputs, self.optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = lr_cosine(self.lr, self.iteration, self.total)
+        aug_function = transforms.Compose(
+            [transforms.RandomResizedCrop(self.res, scale=(0.08, 1)),
+             transforms.RandomHorizontalFlip()]
+        )  # fmt: skip
+        inputs_jit = aug_function(inputs)
+        off1 = random.randint(0, self.jitter)
+        off2 = random.randint(0, self.jitter)
+        inputs_jit = torch.roll(inputs_jit, shifts=(off1, off2), dims=(2, 3))
+        optimizer.zero_grad()
+        loss = self.setup.loss(inputs_jit, self.targets)
+        loss.backward()
+        optimizer.step()
+        inputs.data = clip(inputs.data)
+        cost = loss.item()  # host sync every iteration (official)
+        self.best_cost = min(self.best_cost, cost)
+        self.best_inputs = inputs.data.clone()  # official: on improvement; here every step
+        self.iteration += 1
+        return cost
+
+    def close(self) -> None:
+        self.setup.close()
+
+
 def run_naive(archs, res, batch, iters, warmup=3, device="cpu", threads=None, seed=0,
               jitter=32, lr=0.05) -> dict:  # fmt: skip
     """The official loop for `warmup + iters` iterations; median ms per timed iteration."""
     if threads:
         torch.set_num_threads(threads)
-    random.seed(seed)
-    torch.manual_seed(seed)
-    s = NaiveSetup(archs, res, batch, device, seed)
-    inputs = s.problem.x0.clone().requires_grad_(True)
-    targets = s.problem.targets
     total = warmup + iters
-    optimizer = torch.optim.Adam([inputs], lr=lr, betas=[0.5, 0.9], eps=1e-8)
-    best_cost = 1e4
-    best_inputs = None
+    loop = NaiveLoop(archs, res, batch, total, device, seed, jitter, lr)
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     times, cpu_times = [], []
-    for iteration in range(total):
+    for _ in range(total):
         t0, c0 = time.perf_counter(), time.process_time()
-        for group in optimizer.param_groups:
-            group["lr"] = lr_cosine(lr, iteration, total)
-        aug_function = transforms.Compose(
-            [transforms.RandomResizedCrop(res, scale=(0.08, 1)), transforms.RandomHorizontalFlip()]
-        )
-        inputs_jit = aug_function(inputs)
-        off1 = random.randint(0, jitter)
-        off2 = random.randint(0, jitter)
-        inputs_jit = torch.roll(inputs_jit, shifts=(off1, off2), dims=(2, 3))
-        optimizer.zero_grad()
-        loss = s.loss(inputs_jit, targets)
-        loss.backward()
-        optimizer.step()
-        inputs.data = clip(inputs.data)
-        cost = loss.item()  # host sync every iteration (official)
-        best_cost = min(best_cost, cost)
-        best_inputs = inputs.data.clone()  # official: on improvement; here every step (cheap)
+        loop.step()
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
-    s.close()
+    loop.close()
     timed = times[warmup:]
-    del best_inputs
     mem = {}
     if cuda:  # the whole run's peak (steps are alike), incl. the duplicate logit model
         peak = torch.cuda.max_memory_allocated()

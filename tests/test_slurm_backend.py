@@ -198,3 +198,27 @@ def test_shell_metacharacters_are_never_executed(tmp_path, tiny_cfg):
     subprocess.run(["bash", str(body)], env=env, check=True, capture_output=True, timeout=60)
     assert not marker.exists()
     assert "#SBATCH --kill-on-invalid-dep=yes" in text and "HDF5_USE_FILE_LOCKING=FALSE" in text
+
+
+def test_usr2_requeues_training_and_resumes(tmp_path, tiny_cfg_pretrained, slurm_cluster):
+    cfg = tiny_cfg_pretrained
+    cfg["relabel"]["mode"] = "none"
+    cfg["students"].update(loss="ce", epochs=40, eval_every=40)
+    path = write_yaml(tmp_path / "c.yaml", cfg)
+    run = tmp_path / "run"
+    assert run_cli("submit", path, "--run-dir", run, "--backend", "local",
+                   "--stages", "recover,collect").returncode == 0  # fmt: skip
+    result = run_cli("submit", "--resume", run, "--backend", "slurm", "--stages", "train")
+    assert result.returncode == 0, result.stderr
+    record = submissions(run)["train"][0]["arrays"][0]
+    ckpt = run / "students" / "resnet18" / "seed0" / "ckpt.pt"
+    wait_for(ckpt, timeout=300, run=run)
+    time.sleep(3)  # a few more epochs
+    subprocess.run(["scancel", "--signal=USR2", record["tasks"][0]], check=True)
+    wait_for(run / "students" / "resnet18" / "seed0" / ".done", timeout=600, run=run)
+    log = Path(record["logs"][0]).read_text()
+    assert "resumed after epoch" in log, log[-3000:]
+    metrics = json.loads((run / "students" / "resnet18" / "seed0" / "metrics.json").read_text())
+    assert metrics["evals"][-1]["epoch"] == 40  # the epoch count continued to the end
+    resumed_after = int(log.split("resumed after epoch")[1].split()[0])
+    assert 1 <= resumed_after < 40

@@ -52,7 +52,12 @@ def load_teacher(cfg: Config, name: str, run_dir: Path, device: torch.device | s
     if name not in cfg.teachers:
         raise UserError(f"teacher '{name}' is not in the config's `teachers` pool")
     spec = cfg.teachers[name]
-    model = build_untrained(cfg, spec)
+    with torch.random.fork_rng(devices=[]):
+        # `weights: random` must give the same teacher in every stage and process
+        from prism_hpc.seeding import derive_seed
+
+        torch.manual_seed(derive_seed(cfg.seed, "teacher-init", name))
+        model = build_untrained(cfg, spec)
     if spec.weights == "squeeze":
         path = teacher_weights_path(run_dir, name)
         if not path.is_file():

@@ -110,24 +110,27 @@ def submit_plans(rd: RunDir, cfg: Config, plans: list[StagePlan], attempt: int,
     """Submit every stage with work left, chained; returns stage -> array job ids."""
     size_limit = max_array_size()
     submitted: dict[str, list[str]] = {}
+    submitted_now: set[str] = set()
     for plan in plans:
-        if not plan.items:
-            continue
         indices = [i.index for i in plan.items]
         if only_incomplete:
             indices = [i for i in indices if not plan.stage.is_done(rd.root, plan.items[i])]
-        if not indices:
-            continue
         upstream = [j for dep in plan.stage.depends_on for j in submitted.get(dep, [])]
+        if not indices:
+            # nothing to run here (no items, or all done): dependents wait on what this stage
+            # itself would have waited on, e.g. train -> collect when relabel is online
+            submitted[plan.stage.name] = upstream
+            continue
         kind = "afterany" if plan.stage.name in AFTERANY_STAGES else "afterok"
         max_size = min(plan.resources.get("max_array_size") or size_limit, size_limit)
         records = _submit_stage(rd, cfg, plan, indices, _dependency(kind, upstream), attempt,
                                 max_size)  # fmt: skip
         submitted[plan.stage.name] = [r["job_id"] for r in records]
+        submitted_now.add(plan.stage.name)
         rd.append_state({"event": "submit", "attempt": attempt, "stage": plan.stage.name,
                          "dependency": _dependency(kind, upstream), "arrays": records})  # fmt: skip
         print(f"[{plan.stage.name}] {len(indices)} item(s) -> job(s) {', '.join(submitted[plan.stage.name])}")
-    return submitted
+    return {k: v for k, v in submitted.items() if k in submitted_now}
 
 
 def _all_plans(cfg: Config) -> list[StagePlan]:
