@@ -72,7 +72,7 @@ def recover(
     mem = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.1f} MiB ({r['memory_method']})"
     typer.echo(
         f"teachers {','.join(r['teachers'])} | res {res} | batch {batch} | {r['device_name']}"
-        + (f" ({r['threads']} threads)" if r["threads"] else "")
+        + (f" ({r['threads']} thread(s))" if r["threads"] else "")
         + f" | amp {r['amp']} | compile {r['compile']} | memory {r['memory']}\n"
         f"  {r['ms_per_iter']:.2f} ms/iter (median of {iters}; mean {r['ms_per_iter_mean']:.2f})\n"
         f"  {r['images_iters_per_s']:.1f} images x iterations / s\n"
