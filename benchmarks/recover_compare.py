@@ -118,8 +118,10 @@ def paired(a) -> None:
         for ctx in stack:
             ctx.__exit__(None, None, None)
         naive.close()
-    print(f"{a.teachers} | {a.res} px | batch {a.batch} | {a.threads} threads | paired, "
-          f"{a.pairs} iterations each (+{a.warmup} warm-up), order shuffled per pair")
+    print(
+        f"{a.teachers} | {a.res} px | batch {a.batch} | {a.threads} threads | paired, "
+        f"{a.pairs} iterations each (+{a.warmup} warm-up), order shuffled per pair"
+    )
     print("| variant | median ms/iter | median of per-pair ratio naive / variant |")
     print("|---|---|---|")
     out = {"args": vars(a), "ms": {}, "ratio": {}}
@@ -140,7 +142,9 @@ def paired(a) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teachers", default="resnet18,mobilenet_v2,shufflenet_v2_x0_5,efficientnet_b0")
+    ap.add_argument(
+        "--teachers", default="resnet18,mobilenet_v2,shufflenet_v2_x0_5,efficientnet_b0"
+    )
     ap.add_argument("--res", type=int, default=32)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--iters", type=int, default=5)
@@ -171,8 +175,10 @@ def main(argv=None) -> None:
         summary[v] = {"wall_ms": statistics.median(wall), "cpu_ms": statistics.median(cpu),
                       "wall_runs": wall, "cpu_runs": cpu}  # fmt: skip
     base = summary.get("naive")
-    print(f"\n{a.teachers} | {a.res} px | batch {a.batch} | {a.threads} threads | "
-          f"{a.rounds} rounds x {a.iters} iters (median of run medians)")
+    print(
+        f"\n{a.teachers} | {a.res} px | batch {a.batch} | {a.threads} threads | "
+        f"{a.rounds} rounds x {a.iters} iters (median of run medians)"
+    )
     print("| variant | ms/iter wall | CPU ms/iter | naive / variant (wall) | (CPU) |")
     print("|---|---|---|---|---|")
     for v, s in summary.items():

@@ -33,13 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms as transforms
 import torchvision.transforms.functional as TF
 from torch import nn
+from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prism_hpc.recover.bench import IMAGENET_MEAN, IMAGENET_STD, build_problem  # noqa: E402
+from prism_hpc.recover.bench import IMAGENET_MEAN, IMAGENET_STD, build_problem
 
 
 class BNFeatureHook:
@@ -67,9 +67,12 @@ def get_image_prior_losses(inputs_jit):
     diff3 = inputs_jit[:, :, 1:, :-1] - inputs_jit[:, :, :-1, 1:]
     diff4 = inputs_jit[:, :, :-1, :-1] - inputs_jit[:, :, 1:, 1:]
     loss_var_l2 = torch.norm(diff1) + torch.norm(diff2) + torch.norm(diff3) + torch.norm(diff4)
-    loss_var_l1 = (diff1.abs() / 255.0).mean() + (diff2.abs() / 255.0).mean() + (
-        diff3.abs() / 255.0
-    ).mean() + (diff4.abs() / 255.0).mean()
+    loss_var_l1 = (
+        (diff1.abs() / 255.0).mean()
+        + (diff2.abs() / 255.0).mean()
+        + (diff3.abs() / 255.0).mean()
+        + (diff4.abs() / 255.0).mean()
+    )
     loss_var_l1 = loss_var_l1 * 255.0
     return loss_var_l1, loss_var_l2
 
@@ -125,11 +128,15 @@ class NaiveSetup:
         loss_r_bn_feature = loss_r_bn_feature / len(self.bn_models)
         _, loss_var_l2 = get_image_prior_losses(inputs_jit)
         loss_l2 = torch.norm(inputs_jit.reshape(batch_size, -1), dim=1).mean()
-        loss_aux = self.tv_l2 * loss_var_l2 + self.l2_scale * loss_l2 + self.r_bn * loss_r_bn_feature
+        loss_aux = (
+            self.tv_l2 * loss_var_l2 + self.l2_scale * loss_l2 + self.r_bn * loss_r_bn_feature
+        )
         return loss_ce + loss_aux
 
 
-def naive_objective(setup: NaiveSetup, x: torch.Tensor, targets: torch.Tensor, draw) -> torch.Tensor:
+def naive_objective(
+    setup: NaiveSetup, x: torch.Tensor, targets: torch.Tensor, draw
+) -> torch.Tensor:
     """Official loss for input `x` and an explicit augmentation draw (`augment.AugmentDraw`,
     whole-batch crop): torchvision's functional resized_crop + hflip + roll."""
     (top, left, h, w), flip = draw.boxes[0], draw.flips[0]
@@ -228,7 +235,9 @@ def run_naive(archs, res, batch, iters, warmup=3, device="cpu", threads=None, se
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teachers", default="resnet18,mobilenet_v2,shufflenet_v2_x0_5,efficientnet_b0")
+    ap.add_argument(
+        "--teachers", default="resnet18,mobilenet_v2,shufflenet_v2_x0_5,efficientnet_b0"
+    )
     ap.add_argument("--res", type=int, default=32)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--iters", type=int, default=10)

@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from prism_hpc.recover import augment
-from prism_hpc.recover.bench import build_problem, bench_recover
+from prism_hpc.recover.bench import bench_recover, build_problem
 from prism_hpc.recover.bench_cli import bench_app
 from prism_hpc.recover.loop import prepare_teachers, recovery_loss
 from prism_hpc.recover.objective import bn_hooks
@@ -137,7 +137,7 @@ def test_gpu_script_smoke():
     env = dict(os.environ, WARMUP="0", ITERS="1")
     out = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "gpu_recover.sh"), "--smoke"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True, text=True, env=env, timeout=300, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]

@@ -29,6 +29,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -134,7 +135,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_steps(p: Problem, hooks: dict[str, BNStatistics], steps: int, progress=None) -> torch.Tensor:
+def run_steps(
+    p: Problem, hooks: dict[str, BNStatistics], steps: int, progress=None
+) -> torch.Tensor:
     """`steps` real recovery iterations (a fresh Adam state, like one chunk)."""
     device = p.x0.device
     aug_gen = torch.Generator().manual_seed(1234)
@@ -203,7 +206,9 @@ def _probe_cpu_memory(spec: dict) -> dict:
         if not exact:  # fallback: process-wide peak, which includes the set-up's own peak
             base_kb = base_kb or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         run_steps(p, hooks, spec.get("steps", 1))
-        peak_kb = _status_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak_kb = (
+            _status_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        )
     return {
         "peak_mem_mb": round(max(peak_kb - base_kb, 0) / 1024, 1),
         "peak_mem_total_mb": round(peak_kb / 1024, 1),
@@ -215,8 +220,8 @@ def measure_cpu_memory(
     teachers: list[str], res: int, batch: int, memory: str = "joint", amp: str | None = None,
     threads: int | None = None, steps: int = 1,
 ) -> dict:  # fmt: skip
-    spec = dict(teachers=list(teachers), res=res, batch=batch, memory=memory, amp=amp or "none",
-                threads=threads, steps=steps)  # fmt: skip
+    spec = {"teachers": list(teachers), "res": res, "batch": batch, "memory": memory,
+            "amp": amp or "none", "threads": threads, "steps": steps}  # fmt: skip
     out = subprocess.run(
         [sys.executable, "-m", "prism_hpc.recover.bench", json.dumps(spec)],
         capture_output=True, text=True, check=False,
@@ -276,10 +281,14 @@ def bench_recover(
             if measure_memory and dev.type == "cuda":
                 mem = _cuda_memory(p, hooks)
             marks = [(time.perf_counter(), time.process_time())]
-            run_steps(p, hooks, warmup + iters,
-                      progress=lambda e: marks.append((time.perf_counter(), time.process_time())))
-            step_s = [b[0] - a[0] for a, b in zip(marks, marks[1:])][warmup:]
-            cpu_s = [b[1] - a[1] for a, b in zip(marks, marks[1:])][warmup:]
+            run_steps(
+                p,
+                hooks,
+                warmup + iters,
+                progress=lambda e: marks.append((time.perf_counter(), time.process_time())),
+            )
+            step_s = [b[0] - a[0] for a, b in pairwise(marks)][warmup:]
+            cpu_s = [b[1] - a[1] for a, b in pairwise(marks)][warmup:]
             flops = count_flops(p, hooks) if count else None
         used_threads = torch.get_num_threads()
     del p

@@ -6,7 +6,6 @@ Wired in `prism_hpc/cli.py` with `app.add_typer(bench_app, name="bench")`.
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 import typer
 
@@ -44,7 +43,7 @@ def recover(
     amp: str = typer.Option("none", help="none | bf16 (autocast; BN statistics in fp32)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile each teacher."),
     memory: str = typer.Option("joint", help="joint | sequential (per-teacher backward)."),
-    threads: Optional[int] = typer.Option(None, min=1, help="CPU intra-op threads."),
+    threads: int | None = typer.Option(None, min=1, help="CPU intra-op threads."),
     no_memory: bool = typer.Option(False, "--no-memory", help="Skip the peak-memory probe."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -69,7 +68,9 @@ def recover(
     if as_json:
         typer.echo(json.dumps(r))
         return
-    mem = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.1f} MiB ({r['memory_method']})"
+    mem = (
+        "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.1f} MiB ({r['memory_method']})"
+    )
     typer.echo(
         f"teachers {','.join(r['teachers'])} | res {res} | batch {batch} | {r['device_name']}"
         + (f" ({r['threads']} thread(s))" if r["threads"] else "")
