@@ -15,7 +15,8 @@ machine. (An optimised iteration there is `recover_chunk(..., iterations=1)` con
 the current images: the loop's per-iteration work plus a fresh Adam object.)
 
 Variants: naive (official pattern); opt (the recover stage's step: fp32, channels_last, joint);
-opt-nchw (opt without channels_last: ablation); opt-bf16 (amp bf16); opt-seq (memory
+opt-nchw (opt without channels_last: ablation); opt-varmean (opt
+with the BN statistics of `torch.var_mean` + autograd instead of `ChannelStats`: ablation); opt-bf16 (amp bf16); opt-seq (memory
 sequential); opt-compile (torch.compile; the first steps compile, so use --warmup >= 3).
 """
 
@@ -42,6 +43,12 @@ if variant == "naive":
 else:
     from prism_hpc.recover import loop
     from prism_hpc.recover.bench import bench_recover
+    if variant == "opt-varmean":  # ablation: BN statistics by torch.var_mean + autograd
+        from prism_hpc.recover import objective
+        def var_mean_stats(x):
+            x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+            return torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+        objective.channel_stats = var_mean_stats
     if variant == "opt-nchw":  # ablation: everything but channels_last
         def plain(teachers, cfg):
             return dict(teachers)
