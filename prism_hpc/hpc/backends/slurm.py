@@ -178,18 +178,12 @@ def sacct_states(job_ids: list[str]) -> dict[str, str] | None:
     """One sacct call for all arrays: `<array>_<task>` -> state; None when sacct is unusable."""
     if not job_ids:
         return {}
-    try:
-        out = subprocess.run(
-            ["sacct", "--noheader", "--parsable2", "-X", "--format=JobID,State", "-j",
-             ",".join(job_ids)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
+    stdout = _query(["sacct", "--noheader", "--parsable2", "-X", "--format=JobID,State", "-j",
+                     ",".join(job_ids)])  # fmt: skip
+    if stdout is None:
         return None
     states = {}
-    for line in out.stdout.splitlines():
+    for line in stdout.splitlines():
         if "|" in line:
             job, state = line.split("|", 1)
             states[job] = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
@@ -197,16 +191,20 @@ def sacct_states(job_ids: list[str]) -> dict[str, str] | None:
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
+    stdout = _query(["squeue", "--noheader", "--array", "--format=%i|%T", "--jobs",
+                     ",".join(job_ids)])  # fmt: skip
+    if stdout is None:
+        return None
+    return {job: state for job, state in (l.split("|", 1) for l in stdout.split() if "|" in l)}
+
+
+def _query(cmd: list[str]) -> str | None:
+    """stdout of a scheduler query, or None when the command is missing or fails."""
     try:
-        out = subprocess.run(
-            ["squeue", "--noheader", "--array", "--format=%i|%T", "--jobs", ",".join(job_ids)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
-    if out.returncode != 0:
-        return None
-    return {job: state for job, state in (l.split("|", 1) for l in out.stdout.split() if "|" in l)}
+    return out.stdout if out.returncode == 0 else None
 
 
 def _expand(states: dict[str, str], array_id: str, n: int) -> dict[int, str]:
