@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -71,6 +72,18 @@ def test_collect_orders_slices_and_survives_a_move(tmp_path, consolidate):
         assert f["ipc_index"][()].tolist() == [0] * 4 + [1] * 4 + [2] * 4
         assert f.attrs["num_classes"] == 4
         assert f["images"].is_virtual is (not consolidate)
+
+
+def test_collect_accepts_a_relative_run_dir(tmp_path, monkeypatch):
+    # `make demo` writes to runs/<name>/<stamp>: a relative path the VDS check must handle.
+    monkeypatch.chdir(tmp_path)
+    shards = {s: Path("runs/demo/recover") / f"slice_{s:05d}.h5" for s in range(2)}
+    expected = [_shard(p, s) for s, p in shards.items()]
+    collect_shards(shards, 4, Path("runs/demo/distilled.h5"), {})
+    monkeypatch.chdir("/")
+    with h5py.File(tmp_path / "runs/demo/distilled.h5") as f:
+        np.testing.assert_array_equal(f["images"][()], np.concatenate(expected))
+    assert sorted(p.name for p in (tmp_path / "runs/demo").iterdir()) == ["distilled.h5", "recover"]
 
 
 def test_collect_names_missing_slices(tmp_path):

@@ -91,17 +91,17 @@ def collect_shards(
                 f.attrs[key] = value
             f.attrs["slice_provenance"] = json.dumps(provenance, sort_keys=True)
             f.attrs["layout"] = "consolidated" if consolidate else "virtual"
-        _check_no_sentinel(tmp, out.parent)
+        _check_no_sentinel(tmp)
     return {"rows": n, "slices": order, "layout": "consolidated" if consolidate else "virtual"}
 
 
-def _check_no_sentinel(path: Path, final_dir: Path) -> None:
-    """Read back through the VDS from the final folder: a fill value means a lost source."""
-    cwd = os.getcwd()
-    os.chdir(final_dir)  # relative VDS sources resolve against the file's folder or the cwd
-    try:
-        with h5py.File(path, "r") as f:
-            if (f["labels"][()] == SENTINEL).any() or (f["ipc_index"][()] == SENTINEL).any():
-                raise MissingSlices({-1: "a shard could not be read through the VDS"})
-    finally:
-        os.chdir(cwd)
+def _check_no_sentinel(path: Path) -> None:
+    """Read back through the VDS: a fill value means a source could not be opened.
+
+    HDF5 resolves relative sources against the folder of the virtual file, and the temp file
+    sits next to the final one, so no change of working directory is needed (a chdir would also
+    break relative run dirs such as `runs/...` and race with other threads).
+    """
+    with h5py.File(path, "r") as f:
+        if (f["labels"][()] == SENTINEL).any() or (f["ipc_index"][()] == SENTINEL).any():
+            raise MissingSlices({-1: "a shard could not be read through the VDS"})
