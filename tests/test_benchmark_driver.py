@@ -58,7 +58,7 @@ def test_run_lists_and_merged_configs(bench, tmp_path):
     full = bench.build_specs(bench.MODES["full"], tmp_path)
     bench.validate(full)  # every merged config passes the real schema
     groups = [s.group for s in full]
-    assert groups.count("pool") == 1 and groups.count("table2") == 24
+    assert groups.count("pool") == 1 and groups.count("table2") == 16
     main = [s for s in full if s.group == "main"]
     assert len(main) == 2 * (3 + 2 * 2 * 3)  # IPC x (baseline seeds + init x method x seed)
     for s in main:
