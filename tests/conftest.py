@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import pytest
@@ -44,7 +43,18 @@ TINY = {
 
 
 def pytest_configure(config):
-    torch.set_num_threads(1)  # the 2 CI cores are shared by subprocess ranks
+    torch.set_num_threads(1)  # also for session fixtures, which start before the one below
+
+
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread():
+    """One intra-op thread per test: the 2 CI cores are shared by subprocess ranks and 2
+    threads oversubscribe. Restored afterwards, so a test that sets its own count cannot leak
+    it into the next one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ CLI = [sys.executable, "-m", "prism_hpc.cli"]
 def run_cli(*args, cwd=None, timeout=600):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, env=env)  # fmt: skip
+                          timeout=timeout, env=env, check=False)  # fmt: skip
 
 
 def _bad(cfg: dict, mutate) -> dict:

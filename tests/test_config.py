@@ -10,9 +10,9 @@ from tests.conftest import write_yaml
 
 
 def test_overrides_are_yaml_typed():
-    parsed = dict((".".join(k), v) for k, v in parse_overrides(
+    parsed = {".".join(k): v for k, v in parse_overrides(
         ["recover.ipc=7", "recover.lr=1e-3", "squeeze.enabled=false", "name=abc", "a.b=[1, 2]"]
-    ))  # fmt: skip
+    )}  # fmt: skip
     assert parsed == {
         "recover.ipc": 7, "recover.lr": 1e-3, "squeeze.enabled": False, "name": "abc",
         "a.b": [1, 2],

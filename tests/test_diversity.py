@@ -13,8 +13,6 @@ from prism_hpc.metrics.diversity import embed_classes, intra_class_cosine, penul
 from prism_hpc.models.registry import create_model, freeze
 from prism_hpc.models.teachers import Renormalize
 
-torch.set_num_threads(1)
-
 
 def test_identical_images_give_one():
     torch.manual_seed(0)

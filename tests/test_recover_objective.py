@@ -19,15 +19,6 @@ from prism_hpc.recover.objective import bn_divisor, bn_hooks, image_priors, teac
 from prism_hpc.recover.sampler import Roles
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread (2 cores shared by several test processes; 2 threads oversubscribe)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class BNNet(nn.Module):
     """BN on the input -> 1x1 conv -> BN -> ReLU -> global pool -> linear, with set statistics."""
 

@@ -32,15 +32,6 @@ TEACHERS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread (2 cores shared by several test processes; 2 threads oversubscribe)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def fmnist_teachers(tmp_path_factory, fmnist_available) -> dict:
     from prism_hpc.stages.squeeze import SqueezeStage

@@ -49,10 +49,9 @@ def test_tampered_or_unmarked_shard_is_invalid(tmp_path):
 def test_atomic_path_leaves_nothing_on_error(tmp_path):
     final = tmp_path / "x.txt"
     final.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(final) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(final) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
     assert final.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 
