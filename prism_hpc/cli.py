@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import click
 import typer
@@ -18,7 +17,12 @@ app = typer.Typer(
     help="PRISM dataset distillation on SLURM clusters and single machines.",
 )
 
-SetOpt = typer.Option(None, "--set", help="Override a config value: KEY.PATH=VALUE (repeatable).")
+# Typer's Annotated form: the default value stays a plain Python default.
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value: KEY.PATH=VALUE (repeatable)."),
+]
+RunArg = Annotated[Path, typer.Argument(help="Run directory.")]
 
 
 def _err(message: str) -> None:
@@ -39,18 +43,26 @@ def _prepare(config: Path, overrides: list[str] | None, require_data: bool):
 
 @app.command()
 def submit(
-    config: Optional[Path] = typer.Argument(None, help="Experiment YAML (omit with --resume)."),
-    set_: Optional[list[str]] = SetOpt,
-    backend: Optional[str] = typer.Option(
-        None, help="auto | local | slurm | debug (default: the config's `backend`)."
-    ),
-    run_dir: Optional[Path] = typer.Option(None, help="Run directory (default runs/NAME/STAMP)."),
-    resume: Optional[Path] = typer.Option(
-        None, help="Continue this run: skip items with valid markers; the config must match."
-    ),
-    stages: Optional[str] = typer.Option(
-        None, help="Comma-separated subset of stages to run (default: all)."
-    ),
+    config: Annotated[
+        Path | None, typer.Argument(help="Experiment YAML (omit with --resume).")
+    ] = None,
+    set_: SetOpt = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="auto | local | slurm | debug (default: the config's `backend`)."),
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/NAME/STAMP).")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue this run: skip items with valid markers; the config must match."
+        ),
+    ] = None,
+    stages: Annotated[
+        str | None, typer.Option(help="Comma-separated subset of stages to run (default: all).")
+    ] = None,
 ) -> None:
     """Run (local) or submit (SLURM) every stage of an experiment."""
     from prism_hpc.hpc.backends import resolve_backend
@@ -66,7 +78,7 @@ def submit(
         if config is None:
             raise UserError("submit: give a CONFIG file (or --resume RUN_DIR)")
         cfg, raw, _ = _prepare(config, set_, require_data=True)
-        chosen = resolve_backend(backend or cfg.backend)
+        resolve_backend(backend or cfg.backend)  # a bad backend fails before the run dir exists
         rd = new_run_dir(cfg, run_dir, raw)
     chosen = resolve_backend(backend or cfg.backend)
     typer.echo(f"run dir: {rd.root}")
@@ -75,9 +87,11 @@ def submit(
 
 @app.command()
 def plan(
-    config: Path = typer.Argument(..., help="Experiment YAML."),
-    set_: Optional[list[str]] = SetOpt,
-    out: Optional[Path] = typer.Option(None, help="Write plan.json and sbatch scripts here."),
+    config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
+    set_: SetOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write plan.json and sbatch scripts here.")
+    ] = None,
 ) -> None:
     """Dry run: stages, array sizes, estimated compute and storage; writes the sbatch scripts."""
     from prism_hpc.hpc.launch import describe_plan
@@ -90,9 +104,11 @@ def plan(
 
 @app.command()
 def status(
-    run: Path = typer.Argument(..., help="Run directory."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    watch: bool = typer.Option(False, help="Refresh every 30 s until all stages finish."),
+    run: RunArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    watch: Annotated[
+        bool, typer.Option(help="Refresh every 30 s until all stages finish.")
+    ] = False,
 ) -> None:
     """Per stage: items done / running / pending / failed (markers first, then one sacct call)."""
     from prism_hpc.hpc.status import print_status
@@ -102,8 +118,10 @@ def status(
 
 @app.command()
 def collect(
-    run: Path = typer.Argument(..., help="Run directory."),
-    consolidate: bool = typer.Option(False, help="Copy pixels instead of a Virtual Dataset."),
+    run: RunArg,
+    consolidate: Annotated[
+        bool, typer.Option(help="Copy pixels instead of a Virtual Dataset.")
+    ] = False,
 ) -> None:
     """Validate all slices into distilled.h5 and gather student results into results.md/.csv."""
     from prism_hpc.hpc.rundir import open_run_dir
@@ -125,8 +143,10 @@ def collect(
 
 @app.command()
 def report(
-    runs: list[Path] = typer.Argument(..., help="One or more run directories."),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: the first run)."),
+    runs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: the first run).")
+    ] = None,
 ) -> None:
     """Markdown report with accuracy/ablation tables, diversity and figures."""
     from prism_hpc.hpc.rundir import open_run_dir
@@ -140,9 +160,9 @@ def report(
 
 @app.command()
 def export(
-    run: Path = typer.Argument(..., help="Run directory."),
-    out: Path = typer.Argument(..., help="Output folder (must not exist or be empty)."),
-    format: str = typer.Option("imagefolder", help="imagefolder (SRe2L layout, PNG)."),
+    run: RunArg,
+    out: Annotated[Path, typer.Argument(help="Output folder (must not exist or be empty).")],
+    format: Annotated[str, typer.Option(help="imagefolder (SRe2L layout, PNG).")] = "imagefolder",
 ) -> None:
     """Write the distilled images for other evaluation code (SRe2L layout)."""
     from prism_hpc.hpc.rundir import open_run_dir
@@ -157,10 +177,11 @@ def export(
 
 @app.command()
 def resubmit(
-    run: Path = typer.Argument(..., help="Run directory."),
-    failed: bool = typer.Option(
-        True, "--failed/--all", help="Only items without a valid marker (the default)."
-    ),
+    run: RunArg,
+    failed: Annotated[
+        bool,
+        typer.Option("--failed/--all", help="Only items without a valid marker (the default)."),
+    ] = True,
 ) -> None:
     """Submit new arrays for incomplete items; dependents re-wired, stale dependents cancelled."""
     from prism_hpc.hpc.backends.slurm import resubmit_failed
@@ -175,7 +196,7 @@ def resubmit(
 
 
 @app.command()
-def cancel(run: Path = typer.Argument(..., help="Run directory.")) -> None:
+def cancel(run: RunArg) -> None:
     """Cancel every SLURM job of the run (finished items keep their markers)."""
     from prism_hpc.hpc.backends.slurm import cancel_run
     from prism_hpc.hpc.rundir import open_run_dir
@@ -186,9 +207,9 @@ def cancel(run: Path = typer.Argument(..., help="Run directory.")) -> None:
 
 @app.command()
 def logs(
-    run: Path = typer.Argument(..., help="Run directory."),
-    stage: str = typer.Argument(..., help="Stage name, e.g. recover."),
-    index: int = typer.Argument(..., help="Item index within the stage (see plan.json)."),
+    run: RunArg,
+    stage: Annotated[str, typer.Argument(help="Stage name, e.g. recover.")],
+    index: Annotated[int, typer.Argument(help="Item index within the stage (see plan.json).")],
 ) -> None:
     """Print the path of a task's log file."""
     from prism_hpc.hpc.rundir import open_run_dir

@@ -71,7 +71,10 @@ def test_bad_config_exits_2_with_one_line(case, tmp_path, tiny_cfg, fmnist_avail
 def test_missing_and_malformed_config(tmp_path):
     result = run_cli("submit", tmp_path / "missing.yaml")
     assert result.returncode == 2
-    assert result.stderr.strip() == f"prism-hpc: error: {tmp_path / 'missing.yaml'}: config file not found"
+    assert (
+        result.stderr.strip()
+        == f"prism-hpc: error: {tmp_path / 'missing.yaml'}: config file not found"
+    )
     bad = tmp_path / "syntax.yaml"
     bad.write_text("name: x\nteachers: [\n")
     result = run_cli("submit", bad)

@@ -25,7 +25,9 @@ def test_same_seed_gives_bit_identical_images(tmp_path, tiny_cfg_pretrained):
     path = write_yaml(tmp_path / "c.yaml", tiny_cfg_pretrained)
     runs = []
     for name in ("a", "b"):
-        result = run_cli("submit", path, "--run-dir", tmp_path / name, "--stages", "recover,collect")
+        result = run_cli(
+            "submit", path, "--run-dir", tmp_path / name, "--stages", "recover,collect"
+        )
         assert result.returncode == 0, result.stderr
         runs.append(_images(tmp_path / name))
     (ia, la, pa), (ib, lb, pb) = runs
@@ -43,7 +45,10 @@ def test_sigkill_during_recover_then_resume(tmp_path, tiny_cfg_pretrained):
     cfg["recover"].update(ipc=4, iterations=60, iteration_step=0)
     path = write_yaml(tmp_path / "c.yaml", cfg)
     reference = tmp_path / "reference"
-    assert run_cli("submit", path, "--run-dir", reference, "--stages", "recover,collect").returncode == 0
+    assert (
+        run_cli("submit", path, "--run-dir", reference, "--stages", "recover,collect").returncode
+        == 0
+    )
 
     run = tmp_path / "killed"
     proc = subprocess.Popen(

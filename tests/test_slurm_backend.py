@@ -65,7 +65,9 @@ def test_pipeline_on_slurm_matches_local(tmp_path, tiny_cfg_pretrained, slurm_cl
 
     subs = submissions(run)
     assert list(subs) == ["recover", "collect", "relabel", "train", "report"]  # no squeeze items
-    ids = {stage: [a["job_id"] for e in events for a in e["arrays"]] for stage, events in subs.items()}
+    ids = {
+        stage: [a["job_id"] for e in events for a in e["arrays"]] for stage, events in subs.items()
+    }
     assert subs["recover"][0]["dependency"] is None
     assert subs["collect"][0]["dependency"] == "afterany:" + ":".join(ids["recover"])
     assert subs["relabel"][0]["dependency"] == "afterok:" + ":".join(ids["collect"])

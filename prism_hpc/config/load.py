@@ -82,9 +82,13 @@ def _apply_presets(data: dict) -> None:
 def _value_at(data: Any, loc: tuple) -> Any:
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if (
+            isinstance(node, dict)
+            and part in node
+            or isinstance(node, list)
+            and isinstance(part, int)
+            and part < len(node)
+        ):
             node = node[part]
         else:
             return "<missing>"

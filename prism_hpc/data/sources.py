@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 from functools import cached_property
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -58,7 +59,7 @@ def _fit(images: torch.Tensor, channels: int, resolution: int) -> torch.Tensor:
 class FashionMNIST(ImageSource):
     """The four IDX files of Debian's `dataset-fashion-mnist` (gzip, read with numpy)."""
 
-    FILES = {"train": "train", "test": "t10k"}
+    FILES: ClassVar[dict[str, str]] = {"train": "train", "test": "t10k"}
 
     def __init__(self, cfg: DataConfig, split: str):
         prefix = self.FILES[split]

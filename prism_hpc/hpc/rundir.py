@@ -103,11 +103,16 @@ def git_info() -> dict[str, Any]:
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here, capture_output=True, text=True, timeout=10,
+            cwd=here, capture_output=True, text=True, timeout=10, check=False,
         ).stdout.strip()  # fmt: skip
         return {"git_sha": sha or None, "git_dirty": bool(dirty) if sha else None}
     except (OSError, subprocess.SubprocessError):

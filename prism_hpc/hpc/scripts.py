@@ -68,7 +68,9 @@ def render_script(cfg: Config, plan: StagePlan, chunk: int, run_dir: Path) -> st
     opts["output"] = str(Path(run_dir) / "logs" / plan.stage.name / "sbatch_%A_%a.log")
     lines = ["#!/bin/bash"]
     for key, value in opts.items():
-        lines.append(f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={shlex.quote(value)}")
+        lines.append(
+            f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={shlex.quote(value)}"
+        )
     lines += ["", "# environment of every prism-hpc job, then resources.setup (quoted words)"]
     lines += setup_lines(res)
     lines += [
@@ -77,8 +79,10 @@ def render_script(cfg: Config, plan: StagePlan, chunk: int, run_dir: Path) -> st
         f"STAGE={shlex.quote(plan.stage.name)}",
         f"CHUNK={chunk}",
         "# the array index maps to an item through plan.json, never by arithmetic",
-        'srun --unbuffered "${PRISM_PYTHON:-python}" -m prism_hpc.hpc.task "$RUN_DIR" "$STAGE" '
-        '--array "$CHUNK" "$SLURM_ARRAY_TASK_ID"',
+        (
+            'srun --unbuffered "${PRISM_PYTHON:-python}" -m prism_hpc.hpc.task "$RUN_DIR" "$STAGE" '
+            '--array "$CHUNK" "$SLURM_ARRAY_TASK_ID"'
+        ),
         "",
     ]
     return "\n".join(lines)

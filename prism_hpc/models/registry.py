@@ -34,7 +34,7 @@ def _slim_resnet(arch: str, num_classes: int, width: float) -> nn.Module:
     }[arch]
 
     def scaled(planes: int) -> int:
-        return max(8, int(round(planes * width)))
+        return max(8, round(planes * width))
 
     class SlimResNet(tv_resnet.ResNet):
         def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
@@ -59,7 +59,7 @@ def _slim_efficientnet(arch: str, num_classes: int, width: float) -> nn.Module:
 def _slim_shufflenet(num_classes: int, width: float) -> nn.Module:
     from torchvision.models.shufflenetv2 import ShuffleNetV2
 
-    stages = [24] + [max(8, int(round(c * width / 2)) * 2) for c in (48, 96, 192)] + [1024]
+    stages = [24] + [max(8, round(c * width / 2) * 2) for c in (48, 96, 192)] + [1024]
     return ShuffleNetV2([4, 8, 4], stages, num_classes=num_classes)
 
 

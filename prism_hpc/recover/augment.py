@@ -34,15 +34,17 @@ def _randint(g: torch.Generator, low: int, high: int) -> int:
     return int(torch.randint(low, high + 1, (), generator=g))
 
 
-def crop_box(size: int, scale: tuple[float, float], g: torch.Generator) -> tuple[int, int, int, int]:
+def crop_box(
+    size: int, scale: tuple[float, float], g: torch.Generator
+) -> tuple[int, int, int, int]:
     """torchvision's RandomResizedCrop.get_params for a square image, seeded by `g`."""
     area = size * size
     log_ratio = (math.log(RATIO[0]), math.log(RATIO[1]))
     for _ in range(10):
         target = area * (scale[0] + (scale[1] - scale[0]) * _rand(g))
         ratio = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * _rand(g))
-        w = int(round(math.sqrt(target * ratio)))
-        h = int(round(math.sqrt(target / ratio)))
+        w = round(math.sqrt(target * ratio))
+        h = round(math.sqrt(target / ratio))
         if 0 < w <= size and 0 < h <= size:
             return _randint(g, 0, size - h), _randint(g, 0, size - w), h, w
     return 0, 0, size, size  # fallback: whole image (ratio of a square is inside RATIO)
@@ -73,7 +75,10 @@ def apply(x: torch.Tensor, d: AugmentDraw) -> torch.Tensor:
         out = _crop_resize(x, d.boxes[0], d.flips[0], size)
     else:
         out = torch.cat(
-            [_crop_resize(x[i : i + 1], b, f, size) for i, (b, f) in enumerate(zip(d.boxes, d.flips))]
+            [
+                _crop_resize(x[i : i + 1], b, f, size)
+                for i, (b, f) in enumerate(zip(d.boxes, d.flips))
+            ]
         )
     if d.shift != (0, 0):
         out = torch.roll(out, shifts=d.shift, dims=(2, 3))

@@ -9,8 +9,8 @@ BN-less teachers counted only with `count_bnless`) or 1 (`reduction: sum`, paper
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -23,7 +23,9 @@ from prism_hpc.seeding import derive_seed, generator
 
 
 def class_chunks(num_classes: int, per_batch: int) -> list[list[int]]:
-    return [list(range(a, min(a + per_batch, num_classes))) for a in range(0, num_classes, per_batch)]
+    return [
+        list(range(a, min(a + per_batch, num_classes))) for a in range(0, num_classes, per_batch)
+    ]
 
 
 def slice_roles(cfg: Config, slice_index: int, chunk: int) -> Roles | None:

@@ -56,5 +56,7 @@ class CollectStage(Stage):
 
     def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
         info = collect_run(cfg, env.run_dir)
-        env.log(f"collect: {info['rows']} images from {len(info['slices'])} slice(s) -> distilled.h5")
+        env.log(
+            f"collect: {info['rows']} images from {len(info['slices'])} slice(s) -> distilled.h5"
+        )
         write_marker(self.marker_path(env.run_dir, item), info)

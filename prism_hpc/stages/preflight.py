@@ -27,9 +27,11 @@ def check_models(cfg: Config) -> None:
                 "name such as resnet18, mobilenet_v2, efficientnet_b0, shufflenet_v2_x0_5, "
                 "alexnet, or timm:<name>)"
             )
-        if spec.weights not in ("squeeze", "random", "torchvision"):
-            if not Path(spec.weights).expanduser().is_file():
-                raise UserError(f"teachers.{name}.weights = '{spec.weights}': file not found")
+        if (
+            spec.weights not in ("squeeze", "random", "torchvision")
+            and not Path(spec.weights).expanduser().is_file()
+        ):
+            raise UserError(f"teachers.{name}.weights = '{spec.weights}': file not found")
         if spec.weights == "squeeze" and not cfg.squeeze.enabled:
             raise UserError(
                 f"teachers.{name}.weights = 'squeeze' but squeeze.enabled is false "

@@ -48,9 +48,7 @@ class RecoverStage(Stage):
         return marker_for(slice_path(run_dir, item.payload["slices"][-1]))
 
     def is_done(self, run_dir: Path, item: Item) -> bool:
-        return all(
-            (marker_for(slice_path(run_dir, s))).is_file() for s in item.payload["slices"]
-        )
+        return all((marker_for(slice_path(run_dir, s))).is_file() for s in item.payload["slices"])
 
     def estimate(self, cfg: Config) -> dict:
         rec = cfg.recover
@@ -103,7 +101,9 @@ class RecoverStage(Stage):
                     env.log(
                         f"slice {s}: logit {result['provenance']['logit_teacher']}, BN "
                         f"{result['provenance']['bn_teachers']}, top-1 "
-                        + ", ".join(f"{c['logit_top1']:.2f}" for c in result["provenance"]["chunks"])
+                        + ", ".join(
+                            f"{c['logit_top1']:.2f}" for c in result["provenance"]["chunks"]
+                        )
                     )
                 if env.world_size > 1:
                     dist.barrier()

@@ -34,14 +34,11 @@ def write_shard(
     if images.ndim != 4 or len(labels) != n or len(ipc_index) != n:
         raise ValueError(f"shard {path}: inconsistent shapes {images.shape}, {len(labels)}")
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", track_order=True) as f:
-            f.create_dataset(
-                "images", data=images, chunks=(1, *images.shape[1:]), track_times=False
-            )
-            f.create_dataset("labels", data=np.asarray(labels, np.int64), track_times=False)
-            f.create_dataset("ipc_index", data=np.asarray(ipc_index, np.int32), track_times=False)
-            f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+        f.create_dataset("images", data=images, chunks=(1, *images.shape[1:]), track_times=False)
+        f.create_dataset("labels", data=np.asarray(labels, np.int64), track_times=False)
+        f.create_dataset("ipc_index", data=np.asarray(ipc_index, np.int32), track_times=False)
+        f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
     payload = {
         "rows": int(n),
         "shape": list(images.shape),

@@ -57,19 +57,24 @@ def _spawn(rd: RunDir, plan: StagePlan, index: int, ranks: int) -> list[subproce
         if ranks > 1:
             env.update(RANK=str(rank), WORLD_SIZE=str(ranks), LOCAL_RANK=str(rank),
                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-        log = open(_log_path(rd, plan.stage.name, key, rank if ranks > 1 else None), "w")
-        cmd = [sys.executable, "-m", "prism_hpc.hpc.task", str(rd.root), plan.stage.name, str(index)]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
-        log.close()
+        cmd = [
+            sys.executable,
+            "-m",
+            "prism_hpc.hpc.task",
+            str(rd.root),
+            plan.stage.name,
+            str(index),
+        ]
+        log_path = _log_path(rd, plan.stage.name, key, rank if ranks > 1 else None)
+        with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+            procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
 
 
 def _failed(plan: StagePlan, index: int, rd: RunDir, detail: str) -> TaskFailed:
     key = plan.items[index].key
     log = _log_path(rd, plan.stage.name, key, 0 if _ranks(plan) > 1 else None)
-    return TaskFailed(
-        f"stage {plan.stage.name} item {index} ({key}) failed: {detail}; log: {log}"
-    )
+    return TaskFailed(f"stage {plan.stage.name} item {index} ({key}) failed: {detail}; log: {log}")
 
 
 def _ranks(plan: StagePlan) -> int:

@@ -27,7 +27,7 @@ def max_array_size() -> int:
     """MaxArraySize from `scontrol show config` (indices must be < it), default 1001."""
     try:
         out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
-                             timeout=30).stdout  # fmt: skip
+                             timeout=30, check=False).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return 1001
     for line in out.splitlines():
@@ -44,7 +44,9 @@ def _executor(rd: RunDir, cfg: Config, plan: StagePlan, folder: Path, dependency
 
     res = plan.resources
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=5)
-    extra: dict[str, Any] = {k.replace("-", "_"): v for k, v in (res.get("sbatch_extra") or {}).items()}
+    extra: dict[str, Any] = {
+        k.replace("-", "_"): v for k, v in (res.get("sbatch_extra") or {}).items()
+    }
     if dependency:
         extra["dependency"] = dependency
         extra["kill_on_invalid_dep"] = "yes"
@@ -129,7 +131,9 @@ def submit_plans(rd: RunDir, cfg: Config, plans: list[StagePlan], attempt: int,
         submitted_now.add(plan.stage.name)
         rd.append_state({"event": "submit", "attempt": attempt, "stage": plan.stage.name,
                          "dependency": _dependency(kind, upstream), "arrays": records})  # fmt: skip
-        print(f"[{plan.stage.name}] {len(indices)} item(s) -> job(s) {', '.join(submitted[plan.stage.name])}")
+        print(
+            f"[{plan.stage.name}] {len(indices)} item(s) -> job(s) {', '.join(submitted[plan.stage.name])}"
+        )
     return {k: v for k, v in submitted.items() if k in submitted_now}
 
 
@@ -201,7 +205,7 @@ def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
 def _query(cmd: list[str]) -> str | None:
     """stdout of a scheduler query, or None when the command is missing or fails."""
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None
@@ -268,7 +272,9 @@ def active_job_ids(rd: RunDir) -> list[str]:
 
 def cancel_jobs(job_ids: list[str]) -> None:
     if job_ids:
-        subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=60)
+        subprocess.run(
+            ["scancel", *job_ids], capture_output=True, text=True, timeout=60, check=False
+        )
 
 
 def cancel_run(rd: RunDir) -> list[str]:
@@ -307,8 +313,7 @@ def log_path(rd: RunDir, stage: str, index: int) -> Path:
 
 def is_slurm_available() -> bool:
     try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+        probe = subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10, check=False)
+        return probe.returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
-
-
