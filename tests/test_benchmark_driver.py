@@ -178,3 +178,20 @@ def test_estimate_orders_the_modes(bench, tmp_path):
         for m in ("full", "quick", "smoke")
     }
     assert walls["full"] > walls["quick"] > walls["smoke"] > 0
+
+
+def test_publish_copies_the_report_and_replaces_stale_figures(bench, tmp_path):
+    out, dest = tmp_path / "out", tmp_path / "dest"
+    (out / "figures" / "ipc10-real" / "figures").mkdir(parents=True)
+    (out / "BENCHMARKS.md").write_text("see [figures/ipc10-real/report.md]\n")
+    (out / "figures" / "ipc10-real" / "report.md").write_text("new report\n")
+    (out / "figures" / "ipc10-real" / "figures" / "grid.png").write_bytes(b"png")
+    (dest / "figures" / "old-group").mkdir(parents=True)
+    (dest / "figures" / "old-group" / "stale.png").write_bytes(b"old")
+
+    bench.publish(out, dest)
+
+    assert (dest / "BENCHMARKS.md").read_text() == "see [figures/ipc10-real/report.md]\n"
+    assert (dest / "figures" / "ipc10-real" / "report.md").read_text() == "new report\n"
+    assert (dest / "figures" / "ipc10-real" / "figures" / "grid.png").read_bytes() == b"png"
+    assert not (dest / "figures" / "old-group").exists()

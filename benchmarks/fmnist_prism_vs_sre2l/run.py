@@ -874,6 +874,11 @@ def write_benchmarks(
         )
         + f". Code: {git}.\n"
     )
+    parts.append(
+        "How to read these numbers (hand-written, from the committed full run): "
+        "[FINDINGS.md](FINDINGS.md), next to the committed copy of this file in "
+        "`benchmarks/fmnist_prism_vs_sre2l/`.\n"
+    )
     parts.append(_setup_section(specs, mode))
 
     # teachers
@@ -917,6 +922,16 @@ def write_benchmarks(
     path = out / "BENCHMARKS.md"
     path.write_text("\n".join(parts))
     return path
+
+
+def publish(out: Path, dest: Path) -> None:
+    """Copy the report and the figures it links to next to the benchmark's code, so that the
+    committed BENCHMARKS.md opens with working image links. Figures are replaced, not merged,
+    so no stale image from an older run survives next to new numbers."""
+    shutil.copyfile(out / "BENCHMARKS.md", dest / "BENCHMARKS.md")
+    if (out / "figures").is_dir():
+        shutil.rmtree(dest / "figures", ignore_errors=True)
+        shutil.copytree(out / "figures", dest / "figures")
 
 
 def _git() -> str:
@@ -1512,8 +1527,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] wrote {path}", flush=True)
         all_done = all(status(out, s) == "done" for s in specs)
         if mode.name == "full" and all_done and not args.only:
-            shutil.copyfile(path, HERE / "BENCHMARKS.md")
-            print(f"[bench] copied to {HERE / 'BENCHMARKS.md'}", flush=True)
+            publish(out, HERE)
+            print(f"[bench] copied BENCHMARKS.md and figures/ to {HERE}", flush=True)
     for name, log in failed:
         print(f"[bench] FAILED: {name} (see {log})", flush=True)
     print(
