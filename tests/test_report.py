@@ -186,6 +186,19 @@ def test_unchanged_init_images_have_the_reference_diversity(tmp_path, data_root)
     assert div["distilled"]["per_class"] == pytest.approx(div["reference"]["per_class"], abs=1e-6)
 
 
+def test_init_only_run_is_the_real_column_of_the_comparison(tmp_path, data_root):
+    """A `recover.init_only` run stores the initial images: no second, identical real column."""
+    runs = [tmp_path / "real_images", tmp_path / "sre2l"]
+    make_run(runs[0], data_root, "Real images", {0: 0.5}, noise=0.0, recover={"init_only": True})
+    make_run(runs[1], data_root, "SRe2L", {0: 0.6}, noise=5)
+    text = write_report(runs, tmp_path / "both").read_text()
+    assert "Real images, SRe2L:\n\n![comparison](figures/compare_0.png)" in text
+    assert "Real (initial images)" not in text
+
+    text = write_report(runs[1:], tmp_path / "one").read_text()  # no init_only run: real column
+    assert "Real (initial images), SRe2L:\n\n![comparison](figures/compare_0.png)" in text
+
+
 def test_several_runs_tables_and_ablation(tmp_path, data_root):
     runs = [tmp_path / n for n in ("sre2l", "intra", "prism", "prism_s1")]
     make_run(runs[0], data_root, "SRe2L", {0: 0.60, 1: 0.62}, noise=5)

@@ -183,7 +183,10 @@ class _Report:
             blocks = []
             first = sets[0]
             rows0 = _rows_for(first, wanted)
-            if key[0] == "real":
+            # A run with `recover.init_only` stores the initial images themselves: its own
+            # column already shows them, so a second "real" column would be a duplicate.
+            has_init_only_run = any(r.get("recover.init_only") for r in group)
+            if key[0] == "real" and not has_init_only_run:
                 try:
                     real = _real_images(group[0], rows0, first)
                     blocks.append(("Real (initial images)", _by_class(real, wanted)))
@@ -201,7 +204,7 @@ class _Report:
                 title=f"Same initialisation ({init}), IPC slots {slots[0]}-{slots[-1]}",
                 classes=[c for c in classes if any(cc == c for cc, _ in wanted)],
             )
-            out.append((", ".join(r.label for r in group), path))
+            out.append((", ".join(label for label, _ in blocks), path))
         return out
 
     def embeddings(self) -> list[Path]:
