@@ -182,13 +182,12 @@ class _Report:
                 continue
             blocks = []
             first = sets[0]
-            rows0 = _rows_for(first, wanted)
             # A run with `recover.init_only` stores the initial images themselves: its own
             # column already shows them, so a second "real" column would be a duplicate.
             has_init_only_run = any(r.get("recover.init_only") for r in group)
             if key[0] == "real" and not has_init_only_run:
                 try:
-                    real = _real_images(group[0], rows0, first)
+                    real = _real_images(group[0], _rows_for(first, wanted), first)
                     blocks.append(("Real (initial images)", _by_class(real, wanted)))
                 except (UserError, OSError) as err:
                     self.note(f"comparison figure without real images ({err})")
