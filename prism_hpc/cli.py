@@ -29,6 +29,12 @@ def _err(message: str) -> None:
     typer.echo(f"prism-hpc: error: {message}", err=True)
 
 
+def _registry():
+    from prism_hpc.stages import registry
+
+    return registry()
+
+
 def _prepare(config: Path, overrides: list[str] | None, require_data: bool):
     from prism_hpc.config.load import load_config
     from prism_hpc.stages.preflight import preflight
@@ -67,7 +73,7 @@ def submit(
     """Run (local) or submit (SLURM) every stage of an experiment."""
     from prism_hpc.hpc.backends import resolve_backend
     from prism_hpc.hpc.launch import launch
-    from prism_hpc.hpc.rundir import new_run_dir, open_run_dir
+    from prism_hpc.store.rundir import new_run_dir, open_run_dir
 
     if resume is not None:
         stored = open_run_dir(resume)
@@ -77,12 +83,18 @@ def submit(
     else:
         if config is None:
             raise UserError("submit: give a CONFIG file (or --resume RUN_DIR)")
-        cfg, raw, _ = _prepare(config, set_, require_data=True)
+        cfg, raw, warnings = _prepare(config, set_, require_data=True)
+        for w in warnings:
+            typer.echo(f"warning: {w}", err=True)
         resolve_backend(backend or cfg.backend)  # a bad backend fails before the run dir exists
         rd = new_run_dir(cfg, run_dir, raw)
+        from prism_hpc.data.sources import write_data_index
+
+        for path in write_data_index(cfg.data, rd.root):  # listed once; tasks read the index
+            typer.echo(f"data index: {path}")
     chosen = resolve_backend(backend or cfg.backend)
     typer.echo(f"run dir: {rd.root}")
-    launch(rd, cfg, chosen, only=stages.split(",") if stages else None)
+    launch(rd, cfg, chosen, _registry(), only=stages.split(",") if stages else None)
 
 
 @app.command()
@@ -99,7 +111,7 @@ def plan(
     cfg, _, warnings = _prepare(config, set_, require_data=False)
     for w in warnings:
         typer.echo(f"warning: {w}", err=True)
-    describe_plan(cfg, out)
+    describe_plan(cfg, _registry(), out)
 
 
 @app.command()
@@ -113,7 +125,7 @@ def status(
     """Per stage: items done / running / pending / failed (markers first, then one sacct call)."""
     from prism_hpc.hpc.status import print_status
 
-    print_status(run, as_json=as_json, watch=watch)
+    print_status(run, _registry(), as_json=as_json, watch=watch)
 
 
 @app.command()
@@ -124,8 +136,8 @@ def collect(
     ] = False,
 ) -> None:
     """Validate all slices into distilled.h5 and gather student results into results.md/.csv."""
-    from prism_hpc.hpc.rundir import open_run_dir
     from prism_hpc.stages.collect import collect_run
+    from prism_hpc.store.rundir import open_run_dir
 
     rd = open_run_dir(run)
     cfg = rd.load_config()
@@ -134,7 +146,7 @@ def collect(
         typer.echo(f"{rd.distilled}: {info['rows']} images, {info['layout']} layout")
     else:
         typer.echo(f"{rd.distilled}: present")
-    from prism_hpc.train.results import write_results
+    from prism_hpc.metrics.results import write_results
 
     paths = write_results([rd.root], rd.root)
     for p in paths:
@@ -149,8 +161,8 @@ def report(
     ] = None,
 ) -> None:
     """Markdown report with accuracy/ablation tables, diversity and figures."""
-    from prism_hpc.hpc.rundir import open_run_dir
     from prism_hpc.metrics.report import write_report
+    from prism_hpc.store.rundir import open_run_dir
 
     for r in runs:
         open_run_dir(r)
@@ -165,8 +177,8 @@ def export(
     format: Annotated[str, typer.Option(help="imagefolder (SRe2L layout, PNG).")] = "imagefolder",
 ) -> None:
     """Write the distilled images for other evaluation code (SRe2L layout)."""
-    from prism_hpc.hpc.rundir import open_run_dir
     from prism_hpc.store.export import export_imagefolder
+    from prism_hpc.store.rundir import open_run_dir
 
     if format != "imagefolder":
         raise UserError(f"--format {format!r}: expected imagefolder")
@@ -185,12 +197,12 @@ def resubmit(
 ) -> None:
     """Submit new arrays for incomplete items; dependents re-wired, stale dependents cancelled."""
     from prism_hpc.hpc.backends.slurm import resubmit_failed
-    from prism_hpc.hpc.rundir import open_run_dir
+    from prism_hpc.store.rundir import open_run_dir
 
     if not failed:
         raise UserError("resubmit --all: not supported; finished items are never redone")
     rd = open_run_dir(run)
-    submitted = resubmit_failed(rd)
+    submitted = resubmit_failed(rd, _registry().opened(rd.root))
     if not submitted:
         typer.echo("nothing to resubmit: every item has a valid marker")
 
@@ -199,7 +211,7 @@ def resubmit(
 def cancel(run: RunArg) -> None:
     """Cancel every SLURM job of the run (finished items keep their markers)."""
     from prism_hpc.hpc.backends.slurm import cancel_run
-    from prism_hpc.hpc.rundir import open_run_dir
+    from prism_hpc.store.rundir import open_run_dir
 
     ids = cancel_run(open_run_dir(run))
     typer.echo(f"cancelled {len(ids)} array job(s): {' '.join(ids)}")
@@ -212,7 +224,7 @@ def logs(
     index: Annotated[int, typer.Argument(help="Item index within the stage (see plan.json).")],
 ) -> None:
     """Print the path of a task's log file."""
-    from prism_hpc.hpc.rundir import open_run_dir
+    from prism_hpc.store.rundir import open_run_dir
 
     rd = open_run_dir(run)
     local = sorted((rd.logs / stage).glob("*.log")) if (rd.logs / stage).is_dir() else []
@@ -221,9 +233,7 @@ def logs(
 
         typer.echo(str(log_path(rd, stage, index)))
     except UserError:
-        from prism_hpc.stages.pipeline import stage_by_name
-
-        items = stage_by_name(stage).items(rd.load_config())
+        items = _registry().by_name(stage).items(rd.load_config())
         if not 0 <= index < len(items):
             raise UserError(f"logs: stage {stage} has {len(items)} item(s), no index {index}")
         key = items[index].key
@@ -234,7 +244,7 @@ def logs(
 
 
 def _add_bench() -> None:
-    from prism_hpc.recover.bench_cli import bench_app
+    from prism_hpc.cli_bench import bench_app
 
     app.add_typer(bench_app, name="bench", help="Benchmarks: `prism-hpc bench recover --help`.")
 

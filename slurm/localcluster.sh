@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Bring up / tear down a real single-node SLURM cluster on localhost, with accounting.
 #
-#   slurm/localcluster.sh up       install packages if missing (root), start every daemon,
+#   slurm/localcluster.sh up [--link-etc]
+#                                  install packages if missing (root), start every daemon,
 #                                  wait until a trivial job has run; idempotent
-#   slurm/localcluster.sh down     cancel all jobs, stop the daemons this script started (by PID)
+#   slurm/localcluster.sh down     cancel all jobs, stop the daemons this script started (by PID),
+#                                  remove /etc/slurm/slurm.conf if it is our symlink
 #   slurm/localcluster.sh status   say which daemons are running
 #   slurm/localcluster.sh env      print `export SLURM_CONF=...` (use: eval "$(... env)")
 #
@@ -21,6 +23,7 @@
 #   PRISM_SLURM_PORT_BASE       slurmctld port; slurmd = +1, slurmdbd = +2   [6817]
 #   PRISM_SLURM_DB_PORT         MariaDB TCP port (127.0.0.1 only)       [16033]
 #   PRISM_SLURM_UP_TIMEOUT      seconds to wait for each readiness step [60]
+#   PRISM_SLURM_LINK_ETC        1: same as `up --link-etc`              [0]
 set -euo pipefail
 
 STATE="${PRISM_SLURM_DIR:-/tmp/prism-slurm}"
@@ -46,6 +49,7 @@ SLURMD_PORT=$((PORT_BASE + 1))
 DBD_PORT=$((PORT_BASE + 2))
 DB_PORT="${PRISM_SLURM_DB_PORT:-16033}"
 UP_TIMEOUT="${PRISM_SLURM_UP_TIMEOUT:-60}"
+LINK_ETC="${PRISM_SLURM_LINK_ETC:-0}"
 ACCOUNT="prism"
 
 # Order matters: started left to right, stopped right to left.
@@ -235,7 +239,7 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$DBD_PORT
 # For slurmdbd over munge this names the munge socket used on that connection.
 AccountingStoragePass=$MUNGE_SOCK
-JobAcctGatherType=jobacct_gather/none
+JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/none
 NodeName=$host NodeAddr=127.0.0.1 NodeHostname=$host CPUs=$CPUS RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
@@ -268,13 +272,22 @@ EOF
     chmod 600 "$DBD_CONF"
 }
 
-# Convenience: plain `sbatch` (no SLURM_CONF) finds this cluster. Never clobber a real file.
+# Opt-in convenience (--link-etc): plain `sbatch` without SLURM_CONF finds this cluster.
+# Never clobber a real file.
 link_etc_conf() {
     mkdir -p /etc/slurm
     if [ -L /etc/slurm/slurm.conf ] || [ ! -e /etc/slurm/slurm.conf ]; then
         ln -sfn "$CONF" /etc/slurm/slurm.conf
     else
         log "note: /etc/slurm/slurm.conf is a real file; left alone (use SLURM_CONF)"
+    fi
+}
+
+# Remove /etc/slurm/slurm.conf only when it is a symlink to this cluster's conf.
+unlink_etc_conf() {
+    if [ -L /etc/slurm/slurm.conf ] && [ "$(readlink /etc/slurm/slurm.conf)" = "$CONF" ]; then
+        rm -f /etc/slurm/slurm.conf
+        log "removed the symlink /etc/slurm/slurm.conf -> $CONF"
     fi
 }
 
@@ -389,6 +402,7 @@ any_alive() { local d; for d in "${DAEMONS[@]}"; do alive "$d" && return 0; done
 
 cmd_up() {
     if all_alive; then
+        if [ "$LINK_ETC" = 1 ] && is_root; then link_etc_conf; fi
         echo "localcluster: already up (state dir $STATE)"
         return 0
     fi
@@ -420,7 +434,7 @@ cmd_up() {
     start_slurmd
     smoke_job
     trap - EXIT
-    link_etc_conf
+    if [ "$LINK_ETC" = 1 ]; then link_etc_conf; fi
     log "cluster '$CLUSTER' up in $(elapsed "$T0")s  (SLURM_CONF=$CONF, CPUs=$CPUS, MaxArraySize=$MAX_ARRAY_SIZE)"
     echo "localcluster: up; eval \"\$($0 env)\" to use it"
 }
@@ -438,6 +452,7 @@ cmd_down() {
     for ((idx = ${#DAEMONS[@]} - 1; idx >= 0; idx--)); do
         stop_daemon "${DAEMONS[$idx]}"
     done
+    is_root && unlink_etc_conf
     echo "localcluster: down"
 }
 
@@ -457,9 +472,15 @@ cmd_status() {
 cmd_env() { echo "export SLURM_CONF=$CONF"; }
 
 case "${1:-}" in
-    up) cmd_up ;;
+    up)
+        case "${2:-}" in
+            "") ;;
+            --link-etc) LINK_ETC=1 ;;
+            *) echo "usage: $0 up [--link-etc]" >&2; exit 2 ;;
+        esac
+        cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
     env) cmd_env ;;
-    *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+    *) echo "usage: $0 up [--link-etc]|down|status|env" >&2; exit 2 ;;
 esac

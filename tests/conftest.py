@@ -79,7 +79,7 @@ def fmnist_available() -> Path:
 def tiny_teachers(tmp_path_factory, fmnist_available) -> dict[str, str]:
     """The tiny config's teachers squeezed once for the session: name -> weights file."""
     from prism_hpc.config.load import config_from_dict
-    from prism_hpc.stages.base import TaskEnv
+    from prism_hpc.hpc.stage import TaskEnv
     from prism_hpc.stages.squeeze import SqueezeStage
 
     root = tmp_path_factory.mktemp("teachers")

@@ -9,7 +9,10 @@ Resolution order:
    if this fixture started it (set ``PRISM_SLURM_KEEP=1`` to leave it running).
 3. Otherwise the tests are skipped -- or fail, if ``PRISM_REQUIRE_SLURM=1`` (CI).
 
-The fixture sets ``os.environ["SLURM_CONF"]`` for the session (restored afterwards).
+The fixture sets ``os.environ["SLURM_CONF"]`` for the session (restored afterwards): that is
+how every SLURM client in the tests finds the cluster. ``/etc/slurm/slurm.conf`` is not used --
+a symlink there that points to our own local cluster (``localcluster.sh up --link-etc``) is
+removed -- so the tests exercise sites that locate SLURM only through ``SLURM_CONF``.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class SlurmCluster:
     max_array_size: int
     started_here: bool = False
     env: dict = field(default_factory=dict, repr=False)
+    # the fixture found (and removed) /etc/slurm/slurm.conf -> our conf: `up` must not write it
+    removed_etc_link: bool = False
 
     def sacct(
         self,
@@ -195,6 +200,21 @@ def _localcluster_running() -> bool:
         return False
 
 
+def _drop_etc_symlink(conf: Path) -> bool:
+    """Remove /etc/slurm/slurm.conf when it is a symlink to our local cluster's conf (never a
+    real file, never a link to another cluster): the tests must find the cluster through
+    SLURM_CONF alone."""
+    if not (ETC_CONF.is_symlink() and _is_localcluster_conf(ETC_CONF)):
+        return False
+    try:
+        if ETC_CONF.resolve() == conf.resolve():
+            ETC_CONF.unlink()
+            return True
+    except OSError:
+        pass
+    return False
+
+
 def _bring_up() -> tuple[Path, bool]:
     """Run localcluster.sh up; return (conf path, whether this call started it)."""
     if not LOCALCLUSTER.exists():
@@ -231,6 +251,10 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         conf, started = _bring_up()
         if not _answers(conf):
             _unavailable(f"cluster brought up but sinfo does not answer with SLURM_CONF={conf}")
+    removed = False
+    if _is_localcluster_conf(conf):
+        conf = conf.resolve()  # found through the /etc symlink: name the file itself
+        removed = _drop_etc_symlink(conf)
 
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(conf)
@@ -241,8 +265,9 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             _unavailable(str(exc))
         yield SlurmCluster(
-            conf_path=str(conf), max_array_size=max_array, started_here=started, env=env
-        )
+            conf_path=str(conf), max_array_size=max_array, started_here=started, env=env,
+            removed_etc_link=removed,
+        )  # fmt: skip
     finally:
         if old is None:
             os.environ.pop("SLURM_CONF", None)

@@ -22,8 +22,8 @@ def bench():
     spec = importlib.util.spec_from_file_location("fmnist_bench_driver", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    spec.loader.exec_module(module)  # puts the script's folder (its `driver` package) on sys.path
+    return importlib.import_module("driver")
 
 
 def _fake_run_dir(bench, out: Path, spec, finished: bool) -> Path:
@@ -136,7 +136,7 @@ def test_runner_skips_done_and_times_a_fake_submit(bench, tmp_path, monkeypatch)
         "print('[report] 1/1 done (report, 0.5 s)');"
         "(rd / 'report').mkdir(exist_ok=True); (rd / 'report' / 'report.done').write_text('{}')"
     )
-    monkeypatch.setattr(bench, "cli", lambda: [sys.executable, "-c", fake])
+    monkeypatch.setattr(bench.runner, "cli", lambda: [sys.executable, "-c", fake])
     timings = bench.Timings(out / "timings.json")
     runner = bench.Runner(out, 1, timings)
     calls = []
@@ -146,7 +146,7 @@ def test_runner_skips_done_and_times_a_fake_submit(bench, tmp_path, monkeypatch)
         calls.append(cmd)
         return real_popen(cmd, *a, **kw)
 
-    monkeypatch.setattr(bench.subprocess, "Popen", popen)
+    monkeypatch.setattr(bench.runner.subprocess, "Popen", popen)
     assert runner.run(done, "[1/2]") is True and calls == []  # finished: not launched
     assert runner.run(partial, "[2/2]") is True and len(calls) == 1
     assert "--resume" in calls[0] and str(rd) in calls[0]
@@ -158,7 +158,7 @@ def test_runner_skips_done_and_times_a_fake_submit(bench, tmp_path, monkeypatch)
 
     # the run dir deleted by hand: a fresh start, the old logs and timings no longer count
     shutil.rmtree(rd)
-    monkeypatch.setattr(bench, "cli", lambda: [sys.executable, "-c", "print('no marker')"])
+    monkeypatch.setattr(bench.runner, "cli", lambda: [sys.executable, "-c", "print('no marker')"])
     assert runner.run(partial, "[2/2]") is False and len(calls) == 2
     assert "--resume" not in calls[1]
     assert bench.stage_seconds(out, partial.name) == {}

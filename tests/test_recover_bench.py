@@ -15,9 +15,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from prism_hpc.cli_bench import bench_app
 from prism_hpc.recover import augment
 from prism_hpc.recover.bench import bench_recover, build_problem
-from prism_hpc.recover.bench_cli import bench_app
 from prism_hpc.recover.loop import prepare_teachers, recovery_loss
 from prism_hpc.recover.objective import bn_hooks
 

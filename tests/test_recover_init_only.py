@@ -9,7 +9,7 @@ import torch
 
 from prism_hpc.config.load import config_from_dict
 from prism_hpc.data.sources import open_source, source_stats
-from prism_hpc.stages.base import TaskEnv
+from prism_hpc.hpc.stage import TaskEnv
 from prism_hpc.stages.recover import RecoverStage, slice_path
 from prism_hpc.store.shards import read_shard
 from tests.conftest import TINY

@@ -11,6 +11,7 @@ import torch
 
 from prism_hpc.config.load import config_from_dict
 from prism_hpc.data.sources import open_source, source_stats
+from prism_hpc.hpc.stage import TaskEnv
 from prism_hpc.models.teachers import load_teacher
 from prism_hpc.recover import augment
 from prism_hpc.recover.loop import recovery_loss
@@ -18,7 +19,6 @@ from prism_hpc.recover.objective import bn_hooks
 from prism_hpc.recover.sampler import Roles
 from prism_hpc.recover.slices import class_chunks
 from prism_hpc.seeding import generator
-from prism_hpc.stages.base import TaskEnv
 from prism_hpc.stages.recover import RecoverStage, slice_path
 from prism_hpc.store.shards import read_shard
 from tests.conftest import TINY, write_yaml
@@ -149,3 +149,42 @@ def test_noise_init_is_keyed_by_slice_and_chunk(fmnist_teachers):
     b = _init_images(cfg, None, None, 3, [0, 1], 1, None, None, torch.device("cpu"))[0]
     c = _init_images(cfg, None, None, 3, [0, 1], 2, None, None, torch.device("cpu"))[0]
     assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == (2, 1, 16, 16)
+
+
+def test_a_killed_slice_resumes_at_its_last_finished_chunk(tmp_path, fmnist_teachers, monkeypatch):
+    """A task killed after chunk 0 of 3 (preemption, time limit) keeps that chunk; the restart
+    computes only chunks 1-2 and writes images bit-identical to an uninterrupted run."""
+    from prism_hpc.recover import slices
+
+    cfg = config_from_dict(_cfg(
+        fmnist_teachers, ipc=1, iterations=8, iteration_step=0, classes_per_batch=4, log_every=8,
+    ))  # fmt: skip
+    stage = RecoverStage()
+    item = stage.items(cfg)[0]
+    stage.run(cfg, item, TaskEnv(run_dir=tmp_path / "ref", log=lambda m: None))
+    real, calls = slices.recover_chunk, []
+
+    def killed_after_first_chunk(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt  # what SIGTERM/SIGKILL amount to for this task
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(slices, "recover_chunk", killed_after_first_chunk)
+    run = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        stage.run(cfg, item, TaskEnv(run_dir=run, log=lambda m: None))
+    assert not slice_path(run, 0).exists()
+    assert [p.name for p in sorted((run / "recover" / "partial").rglob("*.npz"))] == [
+        "chunk_0000.npz"
+    ]
+    counted = []
+    monkeypatch.setattr(slices, "recover_chunk", lambda *a, **k: counted.append(1) or real(*a, **k))
+    stage.run(cfg, item, TaskEnv(run_dir=run, log=lambda m: None))
+    assert len(counted) == 2  # chunks 1 and 2 only
+    ref, resumed = read_shard(slice_path(tmp_path / "ref", 0)), read_shard(slice_path(run, 0))
+    assert np.array_equal(ref["images"], resumed["images"])
+    assert [c["history"] for c in ref["provenance"]["chunks"]] == [
+        c["history"] for c in resumed["provenance"]["chunks"]
+    ]
+    assert not (run / "recover" / "partial" / "slice_00000").exists()  # cleaned after the shard

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -11,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from prism_hpc.config.load import config_from_dict
+from prism_hpc.config.load import config_from_dict, deep_merge
 from prism_hpc.data.sources import FASHION_MNIST_STATS
 from prism_hpc.errors import UserError
+from prism_hpc.hpc.stage import TaskEnv
 from prism_hpc.models.teachers import build_untrained, teacher_weights_path
 from prism_hpc.relabel.augment import (
     build_batch,
@@ -22,16 +22,10 @@ from prism_hpc.relabel.augment import (
     plan_from_config,
 )
 from prism_hpc.relabel.ensemble import Ensemble, combine_logits, load_ensemble
-from prism_hpc.relabel.offline import (
-    DistilledSet,
-    SoftLabelReader,
-    chunk_path,
-    from_topk,
-    to_topk,
-    write_relabel_chunk,
-)
-from prism_hpc.stages.base import TaskEnv
+from prism_hpc.relabel.offline import write_relabel_chunk
 from prism_hpc.stages.relabel import RelabelStage
+from prism_hpc.store.distilled import DistilledSet
+from prism_hpc.store.softlabels import SoftLabelReader, chunk_path, from_topk, to_topk
 
 torch.set_num_threads(1)
 
@@ -57,14 +51,7 @@ BASE = {
 }  # fmt: skip
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+_merge = deep_merge
 
 
 def write_distilled(path: Path, num_classes: int = 10, ipc: int = 2, res: int = 16, seed=0):

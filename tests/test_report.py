@@ -14,9 +14,9 @@ from PIL import Image
 
 from prism_hpc.config.load import config_from_dict, dump_config
 from prism_hpc.data.sources import FASHION_MNIST_CLASSES
-from prism_hpc.metrics.diversity import read_diversity
+from prism_hpc.hpc.stage import TaskEnv
 from prism_hpc.metrics.report import write_report
-from prism_hpc.stages.base import TaskEnv
+from prism_hpc.metrics.runs import read_diversity
 from prism_hpc.stages.report import ReportStage
 
 torch.set_num_threads(1)
@@ -256,3 +256,15 @@ def test_several_runs_tables_and_ablation(tmp_path, data_root):
     cell = next(c for c in summary["accuracy"] if c["method"] == "PRISM")
     assert cell["n"] == 4 and cell["top1_mean"] == pytest.approx(65.75)
     assert cell["top1_std"] == pytest.approx(np.std([64, 66, 65, 68], ddof=1))
+
+
+def test_a_grid_of_some_classes_says_which_ones():
+    from prism_hpc.metrics.diversity import embed_classes
+    from prism_hpc.metrics.report_figures import sampled_caption
+
+    names = [f"n{c:08d}" for c in range(1000)]
+    shown = embed_classes(1000)
+    caption = sampled_caption(shown, 1000, names)
+    assert caption.startswith("Showing 10 of 1000 classes")
+    assert "n00000000, n00000111," in caption and caption.endswith("n00000999.")
+    assert sampled_caption(embed_classes(10), 10, names[:10]) == ""  # all shown: no caption

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -189,10 +190,11 @@ def test_shell_metacharacters_are_never_executed(tmp_path, tiny_cfg):
     from prism_hpc.config.load import config_from_dict
     from prism_hpc.hpc.backends.slurm import _executor
     from prism_hpc.hpc.launch import plans_for
-    from prism_hpc.hpc.rundir import RunDir
+    from prism_hpc.stages import registry
+    from prism_hpc.store.rundir import RunDir
 
     cfg = config_from_dict(tiny_cfg)
-    plan = plans_for(cfg, max_array_size=5)[1]
+    plan = plans_for(cfg, registry(), max_array_size=5)[1]
     executor = _executor(RunDir(tmp_path / "r"), cfg, plan, tmp_path / "logs", "afterok:1")
     text = executor._make_submission_file_text("python -c pass", "uid")
     body = tmp_path / "submitit.sh"
@@ -224,3 +226,141 @@ def test_usr2_requeues_training_and_resumes(tmp_path, tiny_cfg_pretrained, slurm
     assert metrics["evals"][-1]["epoch"] == 40  # the epoch count continued to the end
     resumed_after = int(log.split("resumed after epoch")[1].split()[0])
     assert 1 <= resumed_after < 40
+
+
+# ------------------------------------------------------------------ SLURM_CONF, sbatch errors
+INSIDE_A_JOB = {
+    # what a submission from inside an allocation inherits; RANK/WORLD_SIZE would make the
+    # recover task think it is rank 2 of 3 and skip its work if they leaked into the new job
+    "SLURM_JOB_ID": "999999", "SLURM_JOBID": "999999", "SLURM_ARRAY_JOB_ID": "999990",
+    "SLURM_ARRAY_TASK_ID": "7", "SLURM_PROCID": "2", "SLURM_NTASKS": "3",
+    "SLURM_MEM_PER_NODE": "1", "SLURM_CPUS_PER_TASK": "64", "SLURM_STEP_ID": "0",
+    "RANK": "2", "WORLD_SIZE": "3",
+}  # fmt: skip
+
+
+def test_submit_finds_the_cluster_through_slurm_conf_alone(
+    tmp_path, tiny_cfg_pretrained, slurm_cluster, monkeypatch
+):
+    from tests.slurm_cluster import ETC_CONF
+
+    if ETC_CONF.exists():
+        pytest.skip(f"{ETC_CONF} is a real file of this machine: SLURM_CONF is not the only way")
+    if slurm_cluster.started_here:  # `localcluster.sh up` (no --link-etc) wrote nothing in /etc
+        assert not slurm_cluster.removed_etc_link
+    assert os.environ["SLURM_CONF"] == slurm_cluster.conf_path
+    for name, value in INSIDE_A_JOB.items():
+        monkeypatch.setenv(name, value)
+    cfg = tiny_cfg_pretrained
+    cfg["recover"].update(ipc=1, iterations=3, iteration_step=0)
+    path = write_yaml(tmp_path / "c.yaml", cfg)
+    run = tmp_path / "run"
+    result = run_cli("submit", path, "--run-dir", run, "--backend", "slurm", "--stages", "recover")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    wait_for(run / "recover" / "slice_00000.done", timeout=120, run=run)
+    record = submissions(run)["recover"][0]["arrays"][0]
+    rows = slurm_cluster.sacct([record["job_id"]])
+    assert rows and rows[0]["State"] == "COMPLETED", rows
+
+
+def test_failing_sbatch_on_the_cluster_is_one_line(tmp_path, tiny_cfg_pretrained, slurm_cluster):
+    cfg = tiny_cfg_pretrained
+    cfg["resources"] = {"recover": {"partition": "nope"}}
+    path = write_yaml(tmp_path / "c.yaml", cfg)
+    result = run_cli("submit", path, "--run-dir", tmp_path / "run", "--backend", "slurm")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    expected = (
+        "prism-hpc: error: sbatch failed for stage recover: "
+        "sbatch: error: invalid partition specified: nope"
+    )
+    assert result.stderr.strip().splitlines() == [expected]
+
+
+# ------------------------------------------------------------------ eval_array.sbatch
+def test_rendered_eval_array_runs_with_resources_train(
+    tmp_path, tiny_cfg_pretrained, slurm_cluster
+):
+    cfg = tiny_cfg_pretrained
+    cfg["recover"].update(ipc=1, iterations=3, iteration_step=0)
+    cfg["relabel"]["mode"] = "none"
+    cfg["students"].update(loss="ce", epochs=2, eval_every=2, eval_limit=200)
+    cfg["resources"] = {"train": {"time_min": 7, "cpus_per_task": 2, "signal": "USR2@45"}}
+    path = write_yaml(tmp_path / "c.yaml", cfg)
+    run = tmp_path / "run"
+    result = run_cli("submit", path, "--run-dir", run, "--backend", "slurm",
+                     "--stages", "recover,collect")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    script = run / "slurm" / "eval_array.sbatch"
+    text = script.read_text()
+    assert "#SBATCH --time=7\n" in text and "#SBATCH --signal=B:USR2@45\n" in text
+    wait_for(run / "distilled.done", timeout=180, run=run)
+    env = dict(os.environ, PRISM_PYTHON=sys.executable)
+    out = subprocess.run(["sbatch", "--parsable", str(script)], env=env, capture_output=True,
+                         text=True, check=True, timeout=60)  # fmt: skip
+    job = out.stdout.strip().split(";")[0]
+    student = run / "students" / "resnet18" / "seed0"
+    try:
+        wait_for(student / ".done", timeout=300, run=run)
+    except AssertionError:
+        logs = "".join(p.read_text()[-3000:] for p in (run / "logs" / "train").glob("eval_*"))
+        raise AssertionError(f"eval array job {job} did not finish:\n{logs}") from None
+    metrics = json.loads((student / "metrics.json").read_text())
+    assert metrics["evals"][-1]["epoch"] == 2
+    rows = slurm_cluster.sacct([job])
+    assert rows and rows[0]["JobName"] == "prism-tiny-eval" and rows[0]["State"] == "COMPLETED"
+    asked = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job, "--format=Timelimit,ReqCPUS"],
+                           capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert asked[0] == "00:07:00|2", asked  # resources.train: 7 min, 1 task x 2 CPUs
+    assert list((run / "logs" / "train").glob(f"eval_{job}_0.log"))
+
+
+# ------------------------------------------------------------------ resubmit keeps live work
+def _squeue(job_ids: list[str]) -> dict[str, str]:
+    out = subprocess.run(["squeue", "--noheader", "--array", "--format=%i|%T", "--jobs",
+                          ",".join(job_ids)], capture_output=True, text=True, check=False).stdout  # fmt: skip
+    return dict(line.split("|", 1) for line in out.split() if "|" in line)
+
+
+def test_resubmit_keeps_live_tasks_and_rewires_collect(
+    tmp_path, tiny_cfg_pretrained, slurm_cluster
+):
+    cfg = tiny_cfg_pretrained
+    cfg["recover"].update(ipc=4, iterations=3, iteration_step=0)
+    cfg["resources"] = {"recover": {"array_parallelism": 1}}  # slices 2 and 3 wait their turn
+    path = write_yaml(tmp_path / "c.yaml", cfg)
+    run = tmp_path / "run"
+    result = run_cli("submit", path, "--run-dir", run, "--backend", "slurm",
+                     "--stages", "recover,collect")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    recover = submissions(run)["recover"][0]["arrays"][0]["job_id"]
+    old_collect = submissions(run)["collect"][0]["arrays"][0]["job_id"]
+    subprocess.run(["scontrol", "hold", f"{recover}_2"], check=True)  # alive: pending, held
+    subprocess.run(["scancel", f"{recover}_3"], check=True)  # failed: gone without a marker
+    try:
+        again = run_cli("resubmit", run, "--failed")
+        assert again.returncode == 0, again.stderr
+        events = json.loads((run / "state.json").read_text())
+        resub = next(e for e in events if e["event"] == "resubmit")
+        assert resub["resubmitted"]["recover"] == [3]
+        assert {"item": 2, "task": f"{recover}_2"} in resub["kept_alive"]["recover"]
+        assert resub["cancelled"] == {"collect": [{"item": 0, "task": old_collect}]}
+        assert _squeue([recover]).get(f"{recover}_2") == "PENDING"  # same job, still queued
+        subs = submissions(run)
+        new_recover = subs["recover"][-1]["arrays"][0]["job_id"]
+        assert subs["recover"][-1]["arrays"][0]["items"] == [3]
+        dependency = subs["collect"][-1]["dependency"]
+        assert dependency.startswith(f"afterany:{new_recover}:")
+        assert f"{recover}_2" in dependency.split(":")
+    finally:
+        subprocess.run(["scontrol", "release", f"{recover}_2"], check=False)
+    wait_for(run / "distilled.done", timeout=120, run=run)
+    new_collect = submissions(run)["collect"][-1]["arrays"][0]["job_id"]
+    rows = {
+        r["JobID"]: r["State"].split()[0] for r in slurm_cluster.sacct([old_collect, new_collect])
+    }
+    assert rows == {old_collect: "CANCELLED", new_collect: "COMPLETED"}, rows  # collect ran once
+    with h5py.File(run / "distilled.h5") as f:
+        assert f["ipc_index"][()].tolist() == [s for s in range(4) for _ in range(10)]
+    run_cli("cancel", run)  # the downstream stages resubmit also queued: not needed here

@@ -12,19 +12,19 @@ import torch.nn.functional as F
 
 from prism_hpc.config.load import config_from_dict
 from prism_hpc.errors import UserError
-from prism_hpc.stages.base import TaskEnv
+from prism_hpc.hpc.stage import TaskEnv
+from prism_hpc.metrics.results import aggregate, results_csv, results_markdown, write_results
 from prism_hpc.stages.train import TrainStage
+from prism_hpc.store.rundir import student_dir
 from prism_hpc.train import losses, schedules
 from prism_hpc.train.ema import ModelEMA
-from prism_hpc.train.results import aggregate, results_csv, results_markdown, write_results
+from prism_hpc.train.evaluate import EvalData
 from prism_hpc.train.trainer import (
-    EvalData,
     StopTraining,
     clear_stop,
     load_checkpoint,
     param_groups,
     request_stop,
-    student_dir,
     train_student,
 )
 from tests.test_relabel import BASE, _merge, make_run, run_relabel
@@ -196,7 +196,7 @@ def test_train_stage_writes_outputs_and_results(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["storage"] == "topk" and metrics["ipc"] == 2 and metrics["wall_seconds"] > 0
     assert write_results([run_dir], tmp_path) == [tmp_path / "results.md", tmp_path / "results.csv"]
-    from prism_hpc.metrics.tables import read_results_csv, read_students
+    from prism_hpc.metrics.runs import read_results_csv, read_students
 
     students, notes = read_students(run_dir)  # the report's reader understands metrics.json
     assert len(students) == 2 and not notes and 0 <= students[0].top1 <= 100
@@ -272,7 +272,7 @@ def test_eval_loader_path_matches_in_memory():
     loader._pixels = None  # the ImageFolder path: a DataLoader over the source
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10))
     mean, std = torch.tensor([0.3]), torch.tensor([0.35])
-    from prism_hpc.train.trainer import evaluate
+    from prism_hpc.train.evaluate import evaluate
 
     a = evaluate(model, mem, mean, std, torch.device("cpu"))
     b = evaluate(model, loader, mean, std, torch.device("cpu"))

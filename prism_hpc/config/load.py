@@ -39,6 +39,17 @@ OFFICIAL_RECOVER = {
 }
 
 
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, recursively for sections; lists and values replace."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
     """`a.b=c` strings -> (key path, YAML-typed value); `x=1e-3` gives a float."""
     parsed = []
@@ -95,10 +106,20 @@ def _value_at(data: Any, loc: tuple) -> Any:
     return node
 
 
+def _existing_prefix(data: Any, loc: tuple) -> tuple:
+    """The longest prefix of `loc` that names a value present in `data`."""
+    for n in range(len(loc), 0, -1):
+        if _value_at(data, loc[:n]) != "<missing>":
+            return loc[:n]
+    return loc
+
+
 def format_validation_error(err: ValidationError, data: dict, source: str) -> str:
     """First problem of a pydantic error as `file: key.path = value: what was expected`."""
     first = err.errors()[0]
     loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    if first["type"] not in ("extra_forbidden", "missing"):
+        loc = _existing_prefix(data, loc)  # drop union-member tags such as 'constrained-int'
     key = ".".join(str(p) for p in loc) or "<top level>"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":

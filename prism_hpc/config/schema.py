@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -77,7 +77,10 @@ class AugmentConfig(Strict):
 
 class RecoverConfig(Strict):
     preset: Literal["clean", "official"] = "clean"
-    ipc: int = Field(50, ge=1)
+    # images per class; `all`: identical-size distillation (every real image once: slice i
+    # holds the classes with more than i images, so slices shrink instead of stopping at the
+    # smallest class)
+    ipc: Annotated[int, Field(ge=1)] | Literal["all"] = 50
     ipc_start: int = Field(0, ge=0)
     slices_per_task: int = Field(1, ge=1)
     iterations: int = Field(4000, ge=1)
@@ -211,6 +214,10 @@ class MetricsConfig(Strict):
     batch_size: int = Field(256, ge=1)
 
 
+SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP", "ALRM", "URG")
+SIGNAL_SPEC = re.compile(r"(?:SIG)?(?:" + "|".join(SIGNALS) + r")@([1-9]\d{0,4})")
+
+
 class StageResources(Strict):
     """SLURM and local resources of one stage; unset fields inherit `resources.default`."""
 
@@ -228,6 +235,20 @@ class StageResources(Strict):
     array_parallelism: int | None = Field(None, ge=1)
     max_array_size: int | None = Field(None, ge=1)  # None: read from `scontrol show config`
     concurrency: int | None = Field(None, ge=1)  # local backend: items run at once
+    # Warning signal SIG@SECONDS before the time limit (sbatch --signal; the delay is capped at
+    # a fifth of time_min). Checkpointable stages (training) requeue on it and resume.
+    signal: str | None = None
+
+    @field_validator("signal")
+    @classmethod
+    def _signal_spec(cls, v: str | None) -> str | None:
+        m = SIGNAL_SPEC.fullmatch(v) if v is not None else None
+        if v is not None and (m is None or int(m.group(1)) > 65535):
+            raise ValueError(
+                f"{v!r}: expected SIGNAL@SECONDS, e.g. USR2@90 (signals: {', '.join(SIGNALS)}; "
+                "seconds 1-65535)"
+            )
+        return v
 
     @field_validator("partition", "account", "qos", "constraint")
     @classmethod
@@ -272,6 +293,7 @@ RESOURCE_DEFAULTS = StageResources(
     setup=[],
     sbatch_extra={},
     concurrency=1,
+    signal="USR2@90",
 )
 
 
@@ -285,9 +307,10 @@ class Resources(Strict):
     report: StageResources = Field(default_factory=StageResources)
 
     def for_stage(self, stage: str) -> StageResources:
-        """Stage value, else `default`, else the built-in default."""
+        """Stage value, else `default`, else the built-in default (a stage without a block of
+        its own, e.g. a plug-in stage, takes `default`)."""
         merged = RESOURCE_DEFAULTS.model_dump()
-        for layer in (self.default, getattr(self, stage)):
+        for layer in (self.default, getattr(self, stage, self.default)):
             merged.update({k: v for k, v in layer.model_dump().items() if v is not None})
         return StageResources(**merged)
 
@@ -296,6 +319,9 @@ class Config(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     seed: int = Field(0, ge=0)
     backend: Literal["auto", "local", "slurm", "debug"] = "auto"
+    # the compute nodes cannot download: `weights: torchvision` must already be in the
+    # $TORCH_HOME cache at submit time (checked by preflight; a warning otherwise)
+    offline: bool = False
     run_root: Path = Path("runs")
     method: str = "PRISM"  # free label for result tables (PRISM, SRe2L, ablation row)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -19,6 +19,11 @@ def class_index(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
     return np.split(order, np.cumsum(counts)[:-1])
 
 
+def slice_classes(counts: list[int], slice_index: int) -> list[int]:
+    """Identical-size distillation: slice i holds the classes that have more than i images."""
+    return [c for c, n in enumerate(counts) if n > slice_index]
+
+
 def initial_indices(per_class: list[np.ndarray], ipc_index: int, classes: list[int]) -> np.ndarray:
     """Dataset positions of the `ipc_index`-th image of each class in `classes`."""
     out = []

@@ -8,38 +8,32 @@ from rich.console import Console
 from rich.table import Table
 
 from prism_hpc.config.schema import Config
-from prism_hpc.errors import UserError
 from prism_hpc.hpc.plan import StagePlan, make_plan, write_plan
-from prism_hpc.hpc.rundir import RunDir
+from prism_hpc.hpc.stage import StageRegistry
+from prism_hpc.store.rundir import RunDir
 
 
-def _select(plans: list[StagePlan], only: list[str] | None) -> list[StagePlan]:
-    if not only:
-        return plans
-    names = [p.stage.name for p in plans]
-    unknown = [o for o in only if o not in names]
-    if unknown:
-        raise UserError(f"--stages: unknown stage(s) {unknown} (stages: {names})")
-    return [p for p in plans if p.stage.name in only]
+def plans_for(
+    cfg: Config, registry: StageRegistry, max_array_size: int | None = None,
+    only: list[str] | None = None, estimates: bool = True,
+) -> list[StagePlan]:  # fmt: skip
+    return make_plan(cfg, registry.select(only), max_array_size, estimates)
 
 
-def plans_for(cfg: Config, max_array_size: int | None = None) -> list[StagePlan]:
-    from prism_hpc.stages.pipeline import all_stages
-
-    return make_plan(cfg, all_stages(), max_array_size)
-
-
-def launch(rd: RunDir, cfg: Config, backend: str, only: list[str] | None = None) -> None:
+def launch(
+    rd: RunDir, cfg: Config, backend: str, registry: StageRegistry, only: list[str] | None = None
+) -> None:
+    registry.opened(rd.root)
     if backend == "slurm":
         from prism_hpc.hpc.backends.slurm import submit_slurm
 
-        submit_slurm(rd, cfg, only)
+        submit_slurm(rd, cfg, registry, only)
         return
-    plans = _select(plans_for(cfg), only)
-    write_plan(rd.plan, plans)
+    plans = plans_for(cfg, registry, only=only)
+    write_plan(rd.plan, plans, registry.ref)
     from prism_hpc.hpc.backends.local import run_local
 
-    run_local(rd, plans, debug=backend == "debug")
+    run_local(rd, plans, registry, debug=backend == "debug")
     print_outputs(rd)
 
 
@@ -58,8 +52,8 @@ def print_outputs(rd: RunDir) -> None:
             print(f"  {label:14s} {path}")
 
 
-def describe_plan(cfg: Config, out: Path | None) -> list[StagePlan]:
-    plans = plans_for(cfg)
+def describe_plan(cfg: Config, registry: StageRegistry, out: Path | None) -> list[StagePlan]:
+    plans = plans_for(cfg, registry)
     table = Table(title=f"plan: {cfg.name}")
     for col in ("stage", "items", "arrays", "after", "resources", "estimate"):
         table.add_column(col)
@@ -74,7 +68,7 @@ def describe_plan(cfg: Config, out: Path | None) -> list[StagePlan]:
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_plan(out / "plan.json", plans)
+        write_plan(out / "plan.json", plans, registry.ref)
         try:
             from prism_hpc.hpc.scripts import write_scripts
         except ImportError:

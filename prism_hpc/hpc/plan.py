@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_hpc.config.schema import Config
-from prism_hpc.stages.base import Item, Stage
+from prism_hpc.hpc.stage import Item, Stage
 from prism_hpc.store.atomic import atomic_write_text
 
 
@@ -35,21 +35,45 @@ def split(n: int, max_size: int) -> list[list[int]]:
     return [list(range(a, min(a + max_size, n))) for a in range(0, n, max_size)]
 
 
-def make_plan(cfg: Config, stages: list[Stage], max_array_size: int | None = None):
+def make_plan(
+    cfg: Config, stages: list[Stage], max_array_size: int | None = None, estimates: bool = True
+) -> list[StagePlan]:
+    """Items -> arrays per stage. `estimates=False` (status) skips the cost estimates, which
+    may need the data's class counts."""
     plans = []
     for stage in stages:
         items = stage.items(cfg)
         res = cfg.resources.for_stage(stage.name)
         size = res.max_array_size or max_array_size or 1001
         plans.append(
-            StagePlan(stage, items, split(len(items), size), res.model_dump(), stage.estimate(cfg))
+            StagePlan(
+                stage,
+                items,
+                split(len(items), size),
+                res.model_dump(),
+                stage.estimate(cfg) if estimates else {},
+            )
         )
     return plans
 
 
-def write_plan(path: Path, plans: list[StagePlan]) -> None:
-    atomic_write_text(path, json.dumps([p.to_json() for p in plans], indent=1) + "\n")
+def write_plan(path: Path, plans: list[StagePlan], registry_ref: str) -> None:
+    """plan.json: one entry per stage; `registry` tells a task process how to rebuild the
+    stages (the cluster layer itself imports none)."""
+    entries = [{**p.to_json(), "registry": registry_ref} for p in plans]
+    atomic_write_text(path, json.dumps(entries, indent=1) + "\n")
 
 
 def read_plan(path: Path) -> list[dict[str, Any]]:
     return json.loads(Path(path).read_text())
+
+
+def registry_ref_of(path: Path) -> str:
+    """The stage registry a run was planned with (from its plan.json)."""
+    from prism_hpc.errors import UserError
+
+    try:
+        entries = read_plan(path)
+        return next(e["registry"] for e in entries if "registry" in e)
+    except (OSError, ValueError, StopIteration, TypeError, KeyError):
+        raise UserError(f"{path}: no stage registry recorded (plan the run first)") from None

@@ -9,17 +9,21 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from prism_hpc.hpc.rundir import RunDir, open_run_dir
+from prism_hpc.hpc.plan import registry_ref_of
+from prism_hpc.hpc.stage import StageRegistry, load_registry
+from prism_hpc.store.rundir import RunDir, open_run_dir
 
 WATCH_INTERVAL_S = 30  # never poll the scheduler faster than this
 
 
-def stage_status(rd: RunDir) -> list[dict]:
+def stage_status(rd: RunDir, registry: StageRegistry | None = None) -> list[dict]:
     from prism_hpc.hpc.launch import plans_for
 
     cfg = rd.load_config()
+    if registry is None:
+        registry = load_registry(registry_ref_of(rd.plan))
     rows = []
-    for plan in plans_for(cfg):
+    for plan in plans_for(cfg, registry.opened(rd.root), estimates=False):  # never lists the data
         done = [i.index for i in plan.items if plan.stage.is_done(rd.root, i)]
         rows.append(
             {
@@ -38,10 +42,12 @@ def stage_status(rd: RunDir) -> list[dict]:
     return rows
 
 
-def print_status(run: Path, as_json: bool = False, watch: bool = False) -> list[dict]:
+def print_status(
+    run: Path, registry: StageRegistry, as_json: bool = False, watch: bool = False
+) -> list[dict]:
     rd = open_run_dir(run)
     while True:
-        rows = stage_status(rd)
+        rows = stage_status(rd, registry)
         if as_json:
             print(json.dumps(rows, indent=1))
         else:

@@ -1,7 +1,8 @@
 """One array task: run one stage item inside a run dir. The function submitit pickles.
 
-Also a module entry point (`python -m prism_hpc.hpc.task RUN STAGE INDEX`) that the local
-backend starts once per rank.
+Also a module entry point (`python -m prism_hpc.hpc.task RUN STAGE INDEX`, or
+`RUN STAGE --array CHUNK ARRAY_INDEX` in rendered sbatch scripts) that the local backend starts
+once per rank. The stages come from the registry recorded in the run's `plan.json`.
 """
 
 from __future__ import annotations
@@ -12,18 +13,22 @@ import traceback
 from pathlib import Path
 
 from prism_hpc.hpc import distributed
-from prism_hpc.hpc.rundir import RunDir
-from prism_hpc.stages.base import TaskEnv
+from prism_hpc.hpc.plan import read_plan, registry_ref_of
+from prism_hpc.hpc.stage import StageRegistry, TaskEnv, load_registry
+from prism_hpc.store.rundir import RunDir
 
 
-def run_item(run_dir: str, stage_name: str, index: int, progress=None) -> str:
+def run_item(
+    run_dir: str, stage_name: str, index: int, progress=None,
+    registry: StageRegistry | None = None,
+) -> str:  # fmt: skip
     """Run item `index` of `stage_name` unless its marker is already valid. Returns its key."""
-    from prism_hpc.stages.pipeline import stage_by_name
-
     os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
     rd = RunDir(Path(run_dir))
     cfg = rd.load_config()
-    stage = stage_by_name(stage_name)
+    if registry is None:
+        registry = load_registry(registry_ref_of(rd.plan))
+    stage = registry.opened(rd.root).by_name(stage_name)
     item = stage.items(cfg)[index]
     if stage.is_done(rd.root, item):
         return item.key
@@ -72,8 +77,6 @@ def task_function(stage) -> RunItem:
 
 def item_for_array(run_dir: str, stage_name: str, chunk: int, array_index: int) -> int:
     """Plan lookup: array `chunk` of a stage, array task `array_index` -> item index."""
-    from prism_hpc.hpc.plan import read_plan
-
     for entry in read_plan(RunDir(Path(run_dir)).plan):
         if entry["stage"] == stage_name:
             return entry["arrays"][chunk][array_index]

@@ -10,14 +10,15 @@ from typing import Any
 _EXPORTS = {
     "penultimate_features": "prism_hpc.metrics.diversity",
     "intra_class_cosine": "prism_hpc.metrics.diversity",
-    "compute_diversity": "prism_hpc.metrics.diversity",
-    "write_diversity": "prism_hpc.metrics.diversity",
-    "run_diversity": "prism_hpc.metrics.diversity",
-    "load_distilled": "prism_hpc.metrics.diversity",
+    "compute_diversity": "prism_hpc.metrics.measure",
+    "write_diversity": "prism_hpc.metrics.measure",
+    "read_diversity": "prism_hpc.metrics.runs",
+    "run_diversity": "prism_hpc.metrics.measure",
+    "load_runs": "prism_hpc.metrics.runs",
     "accuracy_table": "prism_hpc.metrics.tables",
-    "ablation_table": "prism_hpc.metrics.tables",
-    "load_runs": "prism_hpc.metrics.tables",
     "paired_differences": "prism_hpc.metrics.tables",
+    "ablation_table": "prism_hpc.metrics.ablation",
+    "write_results": "prism_hpc.metrics.results",
     "write_report": "prism_hpc.metrics.report",
 }
 

@@ -1,30 +1,22 @@
-"""Result tables from run directories: paper Table 1 (accuracy) and Table 2 (ablation) layouts.
-
-Everything is read defensively from files other stages write (`config.yaml`, `teachers/*.json`,
-`students/<arch>/seed<k>/metrics.json`, `results.csv`, `distilled.h5` attributes,
-`diversity.json`): a missing or half-written file drops that number, never the report.
+"""Markdown tables from loaded runs: paper Table 1 (accuracy), paired differences, teachers,
+diversity; and the cell format every table shares.
 
 Conventions:
-- Accuracies are shown in percent. A student `top1` <= 1 is read as a fraction (what `squeeze`
-  writes), a value > 1 or a file with `"units": "percent"` as percent.
+- Accuracies are shown in percent (`prism_hpc.metrics.runs` converts on reading).
 - A table cell pools every (recovery run, student seed) result of one row label, student
-  architecture and IPC: mean +- sample std (ddof=1), "(n=1)" when there is a single result.
-- The row label is the config's `method`; when runs of one label differ in `recover.init`,
-  the init is appended ("PRISM (noise init)"), so real- and noise-initialised runs never pool.
+  architecture and IPC: mean ± sample std (ddof=1); a single result is its value alone (the
+  table's note or an `n` column says how many results a cell has).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import re
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+
+from prism_hpc.metrics.runs import RunInfo, as_percent
 
 ARCH_NAMES = {
     "resnet18": "ResNet-18",
@@ -42,227 +34,6 @@ def pretty_arch(arch: str) -> str:
     return ARCH_NAMES.get(arch, arch)
 
 
-@dataclass
-class StudentResult:
-    arch: str
-    seed: int
-    top1: float  # percent
-    top5: float | None = None
-    best_top1: float | None = None
-    source: str = "metrics.json"
-
-
-@dataclass
-class RunInfo:
-    path: Path
-    cfg: dict[str, Any]
-    method: str
-    ipc: int
-    init: str
-    seed: int
-    data_key: str
-    teachers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    students: list[StudentResult] = field(default_factory=list)
-    aggregated: list[dict[str, Any]] = field(default_factory=list)  # results.csv fallback rows
-    diversity: dict[str, Any] | None = None
-    provenance: list[dict[str, Any]] = field(default_factory=list)
-    incomplete_students: list[str] = field(default_factory=list)
-    label: str = ""  # unique display label (set by `load_runs`)
-    row: str = ""  # table row key (set by `load_runs`)
-
-    def get(self, dotted: str, default: Any = None) -> Any:
-        node: Any = self.cfg
-        for part in dotted.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return default
-            node = node[part]
-        return node
-
-
-# ---------------------------------------------------------------------------------------------
-# reading
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _as_percent(value: Any, percent: bool | None = None) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    if math.isnan(v):
-        return None
-    if percent is None:
-        percent = v > 1.0
-    return v if percent else 100.0 * v
-
-
-def _pick(d: Any, *paths: str) -> Any:
-    for path in paths:
-        node = d
-        for part in path.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None:
-            return node
-    return None
-
-
-def read_students(run_dir: Path) -> tuple[list[StudentResult], list[str]]:
-    """(students with a final accuracy, notes on metrics files that were skipped or odd).
-
-    The train stage writes `metrics.json` and then a `.done` marker next to it; a result
-    without the marker is counted but named in the notes.
-    """
-    out, notes = [], []
-    for path in sorted(Path(run_dir).glob("students/*/seed*/metrics.json")):
-        data = _read_json(path)
-        where = f"{path.parent.parent.name}/{path.parent.name}"
-        if not isinstance(data, dict):
-            notes.append(f"{where} (unreadable, skipped)")
-            continue
-        raw = {
-            "top1": _pick(data, "final.top1", "final_top1", "top1"),
-            "top5": _pick(data, "final.top5", "final_top5", "top5"),
-            "best": _pick(data, "best.top1", "best_top1"),
-        }
-        units = str(data.get("units", "")).lower()
-        if units in ("percent", "%"):
-            percent = True
-        elif units == "fraction":
-            percent = False
-        else:  # one decision per file: percent if any accuracy exceeds 1
-            numbers = [v for v in raw.values() if isinstance(v, (int, float))]
-            percent = any(v > 1.0 for v in numbers)
-        top1 = _as_percent(raw["top1"], percent)
-        if top1 is None:
-            notes.append(f"{where} (no final top-1, skipped)")
-            continue
-        if not (path.parent / ".done").is_file():
-            notes.append(f"{where} (no .done marker, counted)")
-        match = re.fullmatch(r"seed(\d+)", path.parent.name)
-        seed = data.get("seed", int(match.group(1)) if match else -1)
-        out.append(
-            StudentResult(
-                arch=str(data.get("arch") or path.parent.parent.name),
-                seed=int(seed),
-                top1=top1,
-                top5=_as_percent(raw["top5"], percent),
-                best_top1=_as_percent(raw["best"], percent),
-            )
-        )
-    return out, notes
-
-
-def read_results_csv(run_dir: Path) -> list[dict[str, Any]]:
-    """Rows of the train stage's `results.csv` (accuracies already in percent there)."""
-    path = Path(run_dir) / "results.csv"
-    rows = []
-    try:
-        with open(path, newline="") as fh:
-            for r in csv.DictReader(fh):
-                mean = _as_percent(r.get("top1_mean"), percent=True)
-                if mean is None or not r.get("arch"):
-                    continue
-                rows.append(
-                    {
-                        "method": r.get("method") or "",
-                        "arch": r["arch"],
-                        "ipc": int(float(r["ipc"])) if r.get("ipc") else None,
-                        "mean": mean,
-                        "std": _as_percent(r.get("top1_std"), percent=True),
-                        "n": int(float(r.get("n") or r.get("n_seeds") or 0)) or None,
-                    }
-                )
-    except (OSError, ValueError, KeyError):
-        return []
-    return rows
-
-
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    for path in (Path(run_dir) / "config.yaml",):
-        try:
-            data = yaml.safe_load(path.read_text())
-            if isinstance(data, dict):
-                return data
-        except (OSError, yaml.YAMLError):
-            pass
-    try:  # a copied run dir that kept only distilled.h5
-        import h5py
-
-        with h5py.File(Path(run_dir) / "distilled.h5", "r") as f:
-            text = f.attrs.get("config", "")
-        data = yaml.safe_load(text.decode() if isinstance(text, bytes) else str(text))
-        return data if isinstance(data, dict) else {}
-    except (OSError, yaml.YAMLError, ImportError):
-        return {}
-
-
-def _read_provenance(run_dir: Path) -> list[dict[str, Any]]:
-    try:
-        import h5py
-
-        with h5py.File(Path(run_dir) / "distilled.h5", "r") as f:
-            text = f.attrs.get("slice_provenance", "[]")
-        data = json.loads(text.decode() if isinstance(text, bytes) else str(text))
-        return data if isinstance(data, list) else []
-    except (OSError, ValueError, ImportError):
-        return []
-
-
-def load_run(run_dir: Path) -> RunInfo:
-    run_dir = Path(run_dir)
-    cfg = _read_config(run_dir)
-    rec = cfg.get("recover", {}) if isinstance(cfg.get("recover"), dict) else {}
-    data = cfg.get("data", {}) if isinstance(cfg.get("data"), dict) else {}
-    teachers = {}
-    for path in sorted(run_dir.glob("teachers/*.json")):
-        info = _read_json(path)
-        if isinstance(info, dict):
-            teachers[path.stem] = info
-    students, incomplete = read_students(run_dir)
-    return RunInfo(
-        path=run_dir,
-        cfg=cfg,
-        method=str(cfg.get("method") or "run"),
-        ipc=int(rec.get("ipc", 0) or 0),
-        init=str(rec.get("init", "real")),
-        seed=int(cfg.get("seed", 0) or 0),
-        data_key=f"{data.get('source', '?')} {data.get('resolution', '?')} px",
-        teachers=teachers,
-        students=students,
-        aggregated=[] if students else read_results_csv(run_dir),
-        diversity=_read_json(run_dir / "diversity.json"),
-        provenance=_read_provenance(run_dir),
-        incomplete_students=incomplete,
-    )
-
-
-def load_runs(run_dirs: list[Path]) -> list[RunInfo]:
-    """Load runs and give each a table row key and a unique display label."""
-    runs = [load_run(Path(p)) for p in run_dirs]
-    inits: dict[str, set[str]] = {}
-    for r in runs:
-        inits.setdefault(r.method, set()).add(r.init)
-    for r in runs:
-        r.row = r.method if len(inits[r.method]) == 1 else f"{r.method} ({r.init} init)"
-    labels: dict[str, int] = {}
-    for r in runs:
-        labels[r.row] = labels.get(r.row, 0) + 1
-    used: set[str] = set()
-    for r in runs:
-        label = r.row if labels[r.row] == 1 else f"{r.row}, seed {r.seed}"
-        while label in used:
-            label = f"{label} [{r.path.name}]"
-        used.add(label)
-        r.label = label
-    return runs
-
-
 # ---------------------------------------------------------------------------------------------
 # numbers
 
@@ -276,11 +47,13 @@ def mean_std(values: list[float]) -> tuple[float, float | None, int]:
 
 
 def fmt_mean_std(
-    mean: float, std: float | None, n: int, digits: int = 1, show_n: bool = True
+    mean: float, std: float | None, n: int, digits: int = 1, show_n: bool = False
 ) -> str:
+    """The one cell format: "mean ± std"; a single result (n = 1 or no std) is its value alone
+    (with " (n=1)" if `show_n`); "-" for no result."""
     if n == 0 or math.isnan(mean):
         return "-"
-    if std is None:
+    if std is None or n == 1:
         return f"{mean:.{digits}f}" + (" (n=1)" if show_n else "")
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
@@ -312,18 +85,19 @@ def accuracy_cells(runs: list[RunInfo]) -> dict[tuple[str, str, int], dict[str, 
     return cells
 
 
-def _ordered(items) -> list:
+def ordered(items) -> list:
     return list(dict.fromkeys(items))
 
 
-def _arch_order(archs: list[str]) -> list[str]:
+def arch_order(archs: list[str]) -> list[str]:
     known = [a for a in ARCH_NAMES if a in archs]
     return known + [a for a in archs if a not in known]
 
 
-def _markdown(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
+def markdown_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
+    """A markdown table; `align` per column: "l" left, "r" right, "-" unaligned."""
     align = align or ["l"] + ["r"] * (len(header) - 1)
-    sep = [":--" if a == "l" else "--:" for a in align]
+    sep = [{"l": ":--", "r": "--:"}.get(a, "---") for a in align]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(sep) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -339,10 +113,10 @@ def accuracy_table(runs: list[RunInfo]) -> str:
     if not cells:
         return "_No finished student results (students/<arch>/seed<k>/metrics.json) yet._"
     blocks = []
-    datasets = _ordered(r.data_key for r in runs)
+    datasets = ordered(r.data_key for r in runs)
     for data_key in datasets:
         group = [r for r in runs if r.data_key == data_key]
-        row_keys = _ordered(r.row for r in group)
+        row_keys = ordered(r.row for r in group)
         sub = {
             k: v
             for k, v in cells.items()
@@ -350,7 +124,7 @@ def accuracy_table(runs: list[RunInfo]) -> str:
         }
         if not sub:
             continue
-        archs = _arch_order(_ordered(k[1] for k in sub))
+        archs = arch_order(ordered(k[1] for k in sub))
         ipcs = sorted({k[2] for k in sub})
         columns = [(a, i) for a in archs for i in ipcs if any((r, a, i) in sub for r in row_keys)]
         best = {}
@@ -380,7 +154,7 @@ def accuracy_table(runs: list[RunInfo]) -> str:
         )
         if any(c.get("from") == "results.csv" for c in sub.values()):
             note += " Cells without per-seed metrics.json come from the run's results.csv."
-        blocks.append(title + _markdown(header, rows) + note)
+        blocks.append(title + markdown_table(header, rows) + note)
     return "\n\n".join(blocks)
 
 
@@ -419,7 +193,7 @@ def paired_differences(runs: list[RunInfo], a: str, b: str) -> list[dict[str, An
 
 def paired_table(runs: list[RunInfo], max_rows: int = 6) -> str | None:
     """Paired differences between every two row labels that share seeds (first label first)."""
-    rows_keys = _ordered(r.row for r in runs)[:max_rows]
+    rows_keys = ordered(r.row for r in runs)[:max_rows]
     lines = []
     for i, a in enumerate(rows_keys):
         for b in rows_keys[i + 1 :]:
@@ -439,142 +213,9 @@ def paired_table(runs: list[RunInfo], max_rows: int = 6) -> str | None:
     if not lines:
         return None
     header = ["Difference", "Student", "IPC", "Δ top-1 [pp] (mean ± std)", "pairs", "wins"]
-    return _markdown(header, lines) + (
+    return markdown_table(header, lines) + (
         "\n\nPairs share recovery seed (`seed`) and student seed; std over pairs (ddof=1)."
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# ablation (paper Table 2)
-
-
-def recovery_signature(r: RunInfo) -> tuple:
-    keys = (
-        "scope",
-        "logit_teacher",
-        "logit_pool",
-        "bn_always",
-        "bn_pool",
-        "k_max",
-        "sampler",
-        "include_prob",
-        "resample_logit",
-        "init",
-        "init_only",
-        "r_bn",
-        "iterations",
-    )
-    return tuple(json.dumps(r.get(f"recover.{k}"), sort_keys=True) for k in keys)
-
-
-def _roles(r: RunInfo) -> list[tuple[str, tuple[str, ...]]]:
-    roles = []
-    for prov in r.provenance:
-        chunks = prov.get("chunks") or []
-        found = False
-        for chunk in chunks:
-            for role in chunk.get("roles") or []:
-                roles.append((str(role.get("logit_teacher")), tuple(role.get("bn_teachers", []))))
-                found = True
-        if not found and "logit_teacher" in prov:
-            roles.append((str(prov["logit_teacher"]), tuple(prov.get("bn_teachers", []))))
-    return roles
-
-
-def selection_label(r: RunInfo) -> str:
-    if not r.get("recover.logit_pool") and not r.get("recover.bn_pool"):
-        return "-"  # nothing is drawn: a fixed teacher set
-    return {"pre": "pre-distillation", "intra": "intra-distillation", "per_batch": "per batch"}.get(
-        str(r.get("recover.scope")), str(r.get("recover.scope"))
-    )
-
-
-def alignment_label(roles: list[tuple[str, tuple[str, ...]]]) -> tuple[str, str]:
-    """(alignment, BN-teacher count) from the recorded roles."""
-    if not roles:
-        return "?", "?"
-    counts = [len(bn) for _, bn in roles]
-    if all(bn == (logit,) for logit, bn in roles):
-        align = "single"
-    elif all(logit not in bn for logit, bn in roles):
-        align = "decoupled" if max(counts) == 1 else "multi, decoupled"
-    else:
-        align = "multi" if max(counts) > 1 else "mixed"
-    lo, hi, avg = min(counts), max(counts), float(np.mean(counts))
-    count = str(lo) if lo == hi else f"{avg:.1f} ({lo}-{hi})"
-    return align, count
-
-
-def forms_ablation(runs: list[RunInfo]) -> list[list[RunInfo]]:
-    """Groups (same data, same IPC) with >= 3 row labels of distinct recovery settings.
-
-    Two labels are a comparison (Table 1 shows it); three or more variants of the recovery
-    teachers on the same data and IPC are an ablation series.
-    """
-    groups: dict[tuple[str, int], list[RunInfo]] = {}
-    for r in runs:
-        groups.setdefault((r.data_key, r.ipc), []).append(r)
-    out = []
-    for group in groups.values():
-        signatures: dict[str, set] = {}
-        for r in group:
-            signatures.setdefault(r.row, set()).add(recovery_signature(r))
-        distinct = {next(iter(s)) for s in signatures.values() if len(s) == 1}
-        if len(signatures) >= 3 and len(distinct) >= 3:
-            out.append(group)
-    return out
-
-
-def ablation_table(runs: list[RunInfo]) -> str | None:
-    """Paper Table 2 layout for each group of runs that forms an ablation, else None."""
-    groups = forms_ablation(runs)
-    if not groups:
-        return None
-    cells = accuracy_cells(runs)
-    blocks = []
-    for group in groups:
-        rows_keys = _ordered(r.row for r in group)
-        ipc = group[0].ipc
-        archs = _arch_order(_ordered(a for (row, a, i) in cells if row in rows_keys and i == ipc))
-        header = ["Variant", "Logit teacher", "Model selection", "Alignment", "BN teachers"]
-        header += [f"Acc. [%] {pretty_arch(a)}" for a in archs]
-        header += ["Diversity (cos)", "Peak mem [MB]"]
-        rows = []
-        for rk in rows_keys:
-            members = [r for r in group if r.row == rk]
-            first = members[0]
-            roles = [x for r in members for x in _roles(r)]
-            align, count = alignment_label(roles)
-            logits = _ordered(lg for lg, _ in roles) or [
-                str(first.get("recover.logit_teacher") or first.get("recover.logit_pool"))
-            ]
-            line = [rk, ", ".join(logits), selection_label(first), align, count]
-            for a in archs:
-                cell = cells.get((rk, a, ipc))
-                line.append(fmt_mean_std(cell["mean"], cell["std"], cell["n"]) if cell else "-")
-            div = [
-                r.diversity["distilled"]["mean"]
-                for r in members
-                if r.diversity and r.diversity.get("distilled")
-            ]
-            line.append(fmt_mean_std(*mean_std(div), 4, show_n=False) if div else "-")
-            mem = [
-                p.get("peak_memory_mb")
-                for r in members
-                for p in r.provenance
-                if isinstance(p.get("peak_memory_mb"), (int, float))
-            ]
-            line.append(f"{max(mem):.0f}" if mem else "-")
-            rows.append(line)
-        blocks.append(
-            f"{group[0].data_key}, IPC {ipc}:\n\n"
-            + _markdown(header, rows, ["l", "l", "l", "l", "r"] + ["r"] * (len(header) - 5))
-            + "\n\nAlignment: `single` = the logit teacher is the only BN teacher; `decoupled` "
-            "= BN teacher(s) differ from the logit teacher; `multi` = several BN teachers. "
-            "BN teachers: count per slice as recorded in `slice_provenance` (avg and range "
-            "when drawn). Peak memory: per recovery process (GPU allocated or CPU max RSS)."
-        )
-    return "\n\n".join(blocks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,7 +243,7 @@ def teacher_table(runs: list[RunInfo]) -> str:
             pools.setdefault(json.dumps(r.teachers, sort_keys=True), []).append(r)
     if not pools:
         return "_No teachers/<name>.json found (teachers not squeezed in this run)._"
-    names = _ordered(n for rs in pools.values() for n in rs[0].teachers)
+    names = ordered(n for rs in pools.values() for n in rs[0].teachers)
     header = ["Teacher", "Arch", "Role"]
     many = len(pools) > 1
     header += (
@@ -615,14 +256,14 @@ def teacher_table(runs: list[RunInfo]) -> str:
         members = [r for rs in pools.values() if n in rs[0].teachers for r in rs]
         ref = members[0]
         info = ref.teachers[n]
-        roles = _ordered(x for r in members for x in teacher_roles(r, n).split(", ") if x != "-")
+        roles = ordered(x for r in members for x in teacher_roles(r, n).split(", ") if x != "-")
         arch = info.get("arch") or ref.get(f"teachers.{n}.arch", "?")
         line = [n, str(arch), ", ".join(roles) or "-"]
         for rs in pools.values():
-            v = _as_percent(rs[0].teachers.get(n, {}).get("test_top1"))
+            v = as_percent(rs[0].teachers.get(n, {}).get("test_top1"))
             line.append(f"{v:.2f}" if v is not None else "-")
         rows.append(line)
-    return _markdown(header, rows, ["l", "l", "l"] + ["r"] * (len(header) - 3))
+    return markdown_table(header, rows, ["l", "l", "l"] + ["r"] * (len(header) - 3))
 
 
 def diversity_table(runs: list[RunInfo]) -> str | None:
@@ -652,7 +293,7 @@ def diversity_table(runs: list[RunInfo]) -> str | None:
         "Δ (distilled − real)",
         "Images",
     ]
-    text = _markdown(header, rows, ["l", "l", "r", "r", "r", "r"])
+    text = markdown_table(header, rows, ["l", "l", "r", "r", "r", "r"])
     text += (
         "\n\nIntra-class cosine similarity of penultimate features: mean over all pairs of "
         "images within a class, then mean ± std (ddof=0) over classes. Lower = more diverse. "
@@ -696,6 +337,6 @@ def pooled_diversity_table(runs: list[RunInfo]) -> str | None:
                 fmt_mean_std(*mean_std(refs), 4) if refs else "-",
             ]
         )
-    return _markdown(["Method", "Runs", "Distilled cos", "Real reference cos"], rows) + (
+    return markdown_table(["Method", "Runs", "Distilled cos", "Real reference cos"], rows) + (
         "\n\nMean ± sample std (ddof=1) over runs of each run's class-mean cosine similarity."
     )

@@ -37,10 +37,10 @@ def teacher_weights_path(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / "teachers" / f"{name}.pt"
 
 
-def build_untrained(cfg: Config, spec: TeacherSpec) -> nn.Module:
+def build_untrained(cfg: Config, spec: TeacherSpec, run_dir: Path | None = None) -> nn.Module:
     return create_model(
         spec.arch,
-        num_classes_of(cfg.data),
+        num_classes_of(cfg.data, run_dir),
         in_channels=cfg.data.channels,
         resolution=cfg.data.resolution,
         width=spec.width,
@@ -57,7 +57,7 @@ def load_teacher(cfg: Config, name: str, run_dir: Path, device: torch.device | s
         from prism_hpc.seeding import derive_seed
 
         torch.manual_seed(derive_seed(cfg.seed, "teacher-init", name))
-        model = build_untrained(cfg, spec)
+        model = build_untrained(cfg, spec, run_dir)
     if spec.weights == "squeeze":
         path = teacher_weights_path(run_dir, name)
         if not path.is_file():

@@ -1,13 +1,17 @@
 """One IPC slice across all classes: class chunks split over the ranks of a task.
 
 Each chunk's result depends only on (seed, slice, chunk), never on which rank ran it, so the
-images are identical for any world size; rank 0 gathers and is the only writer.
+images are identical for any world size; rank 0 gathers and is the only writer. With a
+`progress_dir`, every finished chunk is also saved there (one writer per file, atomic), so a
+preempted or timed-out task resumes at its first unfinished chunk with bit-identical results.
 """
 
 from __future__ import annotations
 
+import json
 import resource
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,12 +24,16 @@ from prism_hpc.data.index import initial_indices
 from prism_hpc.recover.loop import pixel_bounds, recover_chunk
 from prism_hpc.recover.sampler import Roles, sample_roles
 from prism_hpc.seeding import derive_seed, generator
+from prism_hpc.store.atomic import atomic_path
 
 
 def class_chunks(num_classes: int, per_batch: int) -> list[list[int]]:
-    return [
-        list(range(a, min(a + per_batch, num_classes))) for a in range(0, num_classes, per_batch)
-    ]
+    return chunks_of(list(range(num_classes)), per_batch)
+
+
+def chunks_of(classes: list[int], per_batch: int) -> list[list[int]]:
+    """Cross-class batches of a slice's classes, `per_batch` at a time, in class order."""
+    return [classes[a : a + per_batch] for a in range(0, len(classes), per_batch)]
 
 
 def slice_roles(cfg: Config, slice_index: int, chunk: int) -> Roles | None:
@@ -41,6 +49,29 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def chunk_progress_path(progress_dir: Path, slice_index: int, chunk: int) -> Path:
+    return Path(progress_dir) / f"slice_{slice_index:05d}" / f"chunk_{chunk:04d}.npz"
+
+
+def save_chunk(path: Path, result: dict[str, Any]) -> None:
+    """A finished chunk: uint8 images + JSON metadata, written atomically."""
+    meta = json.dumps({k: v for k, v in result.items() if k != "images"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, images=result["images"], meta=np.frombuffer(meta.encode(), np.uint8))
+
+
+def load_chunk(path: Path) -> dict[str, Any] | None:
+    """A saved chunk, or None when absent or unreadable (then it is recomputed)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            result = json.loads(data["meta"].tobytes().decode())
+            result["images"] = data["images"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return result
 
 
 def _init_images(cfg, source, per_class, slice_index, classes, chunk, mean, std, device):
@@ -66,6 +97,8 @@ def recover_slice(
     rank: int = 0,
     world_size: int = 1,
     log=print,
+    progress_dir: Path | None = None,
+    members: list[int] | None = None,
 ) -> dict[str, Any] | None:
     """Recover this rank's chunks; rank 0 returns uint8 images + provenance, others None."""
     rec = cfg.recover
@@ -73,9 +106,16 @@ def recover_slice(
     std = torch.tensor(stats[1]).view(1, -1, 1, 1)
     bounds = pixel_bounds(stats[0], stats[1], device)
     iterations = 0 if rec.init_only else rec.iterations_for(slice_index)
-    chunks = class_chunks(num_classes, rec.classes_per_batch)
+    if members is None:  # every class (an integer ipc); `ipc: all` gives the slice's classes
+        members = list(range(num_classes))
+    chunks = chunks_of(members, rec.classes_per_batch)
     mine: list[dict[str, Any]] = []
     for c in range(rank, len(chunks), world_size):
+        saved = chunk_progress_path(progress_dir, slice_index, c) if progress_dir else None
+        if saved is not None and (done := load_chunk(saved)) is not None:
+            log(f"slice {slice_index} chunk {c}: finished before a restart, kept")
+            mine.append(done)
+            continue
         classes = chunks[c]
         start = time.time()
         x0, init_idx = _init_images(
@@ -118,6 +158,8 @@ def recover_slice(
                 "rank": rank,
             }
         )
+        if saved is not None:
+            save_chunk(saved, mine[-1])
     if world_size > 1:
         gathered: list = [None] * world_size if rank == 0 else None
         dist.gather_object(mine, gathered, dst=0)

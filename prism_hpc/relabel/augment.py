@@ -14,40 +14,15 @@ cannot disagree about batch boundaries.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from prism_hpc.seeding import generator
+from prism_hpc.store.softlabels import EpochPlan
 
 PLAN_STREAM = "relabel-plan"
 MIX_CODES = {"none": 0, "cutmix": 1, "mixup": 2}
-
-
-@dataclass
-class EpochPlan:
-    """All random parameters of one epoch. Row k of the per-visit arrays is visit k."""
-
-    epoch: int
-    batch_size: int
-    mix: str  # none | cutmix | mixup
-    order: torch.Tensor  # int64 (N,): dataset row visited at position k
-    crops: torch.Tensor  # int32 (N, 4): top, left, height, width in source pixels
-    flips: torch.Tensor  # bool (N,)
-    perm: torch.Tensor  # int64 (N,): mix partner of position k, as a position in its batch
-    lam: torch.Tensor  # float32 (B,): weight of the original image (CutMix: exact area share)
-    boxes: torch.Tensor  # int32 (B, 4): y0, y1, x0, x1 of the pasted CutMix box (else 0)
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    @property
-    def num_batches(self) -> int:
-        return len(self.lam)
-
-    def batch_slice(self, b: int) -> slice:
-        return slice(b * self.batch_size, min((b + 1) * self.batch_size, len(self.order)))
 
 
 def _crop_boxes(
@@ -223,7 +198,9 @@ def build_batch(
         x = x / 255.0
     size = size or images.shape[-1]
     x = crop_flip(x, plan.crops[sl], plan.flips[sl], size)
-    x = (x - mean.to(x.device).view(1, -1, 1, 1)) / std.to(x.device).view(1, -1, 1, 1)
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    x = (x - mean) / std
     return apply_mix(x, plan, b)
 
 

@@ -8,37 +8,37 @@ from prism_hpc.config.load import dump_config
 from prism_hpc.config.schema import Config
 from prism_hpc.data.sources import FASHION_MNIST_CLASSES, num_classes_of, source_stats
 from prism_hpc.errors import TaskFailed
-from prism_hpc.stages.base import Item, Stage, TaskEnv
-from prism_hpc.stages.recover import slice_indices, slice_path
+from prism_hpc.hpc.stage import Item, Stage, TaskEnv
+from prism_hpc.stages.recover import slice_path, slice_rows
 from prism_hpc.store.atomic import write_marker
 from prism_hpc.store.collect import MissingSlices, collect_shards
 
 
-def class_names(cfg: Config) -> list[str]:
+def class_names(cfg: Config, run_dir: Path | None = None) -> list[str]:
     if cfg.data.class_names:
         return list(cfg.data.class_names)
     if cfg.data.source == "fashion_mnist":
         return list(FASHION_MNIST_CLASSES)
     from prism_hpc.data.sources import open_source
 
-    return open_source(cfg.data, "train").class_names
+    return open_source(cfg.data, "train", run_dir).class_names
 
 
 def collect_run(cfg: Config, run_dir: Path, consolidate: bool = False) -> dict:
     mean, std = source_stats(cfg.data)
     attrs = {
-        "num_classes": num_classes_of(cfg.data),
-        "class_names": class_names(cfg),
+        "num_classes": num_classes_of(cfg.data, run_dir),
+        "class_names": class_names(cfg, run_dir),
         "mean": mean,
         "std": std,
         "method": cfg.method,
         "config": dump_config(cfg),
     }
-    shards = {s: slice_path(run_dir, s) for s in slice_indices(cfg)}
+    n = attrs["num_classes"]
+    rows = {s: n if cls is None else len(cls) for s, cls in slice_rows(cfg).items()}
+    shards = {s: slice_path(run_dir, s) for s in rows}
     try:
-        info = collect_shards(
-            shards, num_classes_of(cfg.data), Path(run_dir) / "distilled.h5", attrs, consolidate
-        )
+        info = collect_shards(shards, rows, Path(run_dir) / "distilled.h5", attrs, consolidate)
     except MissingSlices as err:
         raise TaskFailed(f"collect: {err}") from None
     return info

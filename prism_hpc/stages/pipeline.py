@@ -1,26 +1,24 @@
-"""squeeze -> recover -> collect -> relabel -> train -> report."""
+"""squeeze -> recover -> collect -> relabel -> train -> report: PRISM's pipeline, as the one
+`StageRegistry` that the CLI hands to the cluster layer."""
 
 from __future__ import annotations
 
-from prism_hpc.errors import UserError
-from prism_hpc.stages.base import Stage
-from prism_hpc.stages.collect import CollectStage
-from prism_hpc.stages.recover import RecoverStage
-from prism_hpc.stages.squeeze import SqueezeStage
+from prism_hpc.hpc.stage import StageRegistry
+
+REGISTRY_REF = "prism_hpc.stages.pipeline:registry"
 
 
-def all_stages() -> list[Stage]:
+def registry() -> StageRegistry:
+    from prism_hpc.stages.collect import CollectStage
+    from prism_hpc.stages.recover import RecoverStage
     from prism_hpc.stages.relabel import RelabelStage
     from prism_hpc.stages.report import ReportStage
+    from prism_hpc.stages.squeeze import SqueezeStage
     from prism_hpc.stages.train import TrainStage
 
-    return [
+    stages = (
         SqueezeStage(), RecoverStage(), CollectStage(), RelabelStage(), TrainStage(), ReportStage()
-    ]  # fmt: skip
+    )  # fmt: skip
+    from prism_hpc.data.listing import use_run_index
 
-
-def stage_by_name(name: str) -> Stage:
-    for stage in all_stages():
-        if stage.name == name:
-            return stage
-    raise UserError(f"unknown stage '{name}' (stages: {[s.name for s in all_stages()]})")
+    return StageRegistry(stages, REGISTRY_REF, open_run=use_run_index)

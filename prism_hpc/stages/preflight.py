@@ -27,11 +27,6 @@ def check_models(cfg: Config) -> None:
                 "name such as resnet18, mobilenet_v2, efficientnet_b0, shufflenet_v2_x0_5, "
                 "alexnet, or timm:<name>)"
             )
-        if (
-            spec.weights not in ("squeeze", "random", "torchvision")
-            and not Path(spec.weights).expanduser().is_file()
-        ):
-            raise UserError(f"teachers.{name}.weights = '{spec.weights}': file not found")
         if spec.weights == "squeeze" and not cfg.squeeze.enabled:
             raise UserError(
                 f"teachers.{name}.weights = 'squeeze' but squeeze.enabled is false "
@@ -42,11 +37,55 @@ def check_models(cfg: Config) -> None:
             raise UserError(f"students.archs: '{arch}' is not a known model")
 
 
+def torchvision_cache_file(arch: str) -> Path:
+    """Where `torchvision.models.get_model(arch, weights="DEFAULT")` reads its download."""
+    import torch
+    import torchvision
+
+    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
+def check_weights(cfg: Config, run_dir: Path | None = None) -> list[str]:
+    """Every teacher's weights loadable where the tasks run, before anything is submitted:
+    a local file loads with `weights_only=True` into its architecture; `torchvision` weights
+    are in the cache when the nodes are offline (else a warning). Returns warnings."""
+    from prism_hpc.models.registry import load_weights
+    from prism_hpc.models.teachers import build_untrained
+
+    warnings = []
+    for name, spec in cfg.teachers.items():
+        if spec.weights in ("squeeze", "random"):
+            continue
+        if spec.weights == "torchvision":
+            cached = torchvision_cache_file(spec.arch)
+            if not cached.is_file():
+                message = (f"teachers.{name}.weights = torchvision: {cached} is not in the "
+                           "cache")  # fmt: skip
+                if cfg.offline:
+                    raise UserError(
+                        f"{message} and `offline: true` (nodes cannot download); fetch it on a "
+                        "login node or give a weights file"
+                    )
+                warnings.append(f"{message}; every task will download it")
+            continue
+        path = Path(spec.weights).expanduser()
+        if not path.is_file():
+            raise UserError(f"teachers.{name}.weights = '{spec.weights}': file not found")
+        try:
+            load_weights(build_untrained(cfg, spec, run_dir), path, spec.key_map)
+        except UserError as err:
+            raise UserError(f"teachers.{name}.weights: {err}") from None
+    return warnings
+
+
 def check_data(cfg: Config) -> None:
     """Data present, and enough images per class for the IPC slices asked for."""
     source = open_source(cfg.data, "train")
     n = num_classes_of(cfg.data)
     counts = np.bincount(source.labels, minlength=n)
+    if cfg.recover.ipc == "all":
+        return  # every slice holds only the classes that have an image for it
     need = cfg.recover.ipc_start + cfg.recover.ipc
     if cfg.recover.init == "real" and counts.min() < need:
         raise UserError(
@@ -61,6 +100,8 @@ def preflight(cfg: Config, require_data: bool = True) -> list[str]:
 
     check_models(cfg)
     warnings = recover_warnings(cfg)
+    if require_data:  # submit: weights must load; plan (a dry run) does not load them
+        warnings += check_weights(cfg)
     try:
         check_data(cfg)
     except UserError as err:

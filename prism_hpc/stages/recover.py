@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
 from prism_hpc.config.schema import Config
-from prism_hpc.data.index import class_index
-from prism_hpc.data.sources import num_classes_of, open_source, source_stats
+from prism_hpc.data.index import slice_classes
+from prism_hpc.data.sources import class_counts, num_classes_of
 from prism_hpc.errors import UserError
-from prism_hpc.models.teachers import load_teacher
-from prism_hpc.recover.checks import bn_teacher_candidates, bnless_message
-from prism_hpc.recover.objective import bn_hooks
-from prism_hpc.recover.slices import recover_slice
-from prism_hpc.stages.base import Item, Stage, TaskEnv
+from prism_hpc.hpc.stage import Item, Stage, TaskEnv
 from prism_hpc.store.shards import marker_for, validate_shard, write_shard
 
 
@@ -23,8 +17,33 @@ def slice_path(run_dir: Path, slice_index: int) -> Path:
     return Path(run_dir) / "recover" / f"slice_{slice_index:05d}.h5"
 
 
+def partial_dir(run_dir: Path) -> Path:
+    """Finished chunks of slices in progress (removed once the slice's shard is written)."""
+    return Path(run_dir) / "recover" / "partial"
+
+
 def slice_indices(cfg: Config) -> list[int]:
-    return list(range(cfg.recover.ipc_start, cfg.recover.ipc_start + cfg.recover.ipc))
+    """IPC indices to recover; `ipc: all` runs to the largest class (class counts from the
+    data: the run's index inside a task)."""
+    rec = cfg.recover
+    if rec.ipc == "all":
+        return list(range(rec.ipc_start, max(class_counts(cfg.data))))
+    return list(range(rec.ipc_start, rec.ipc_start + rec.ipc))
+
+
+def slice_rows(cfg: Config) -> dict[int, list[int] | None]:
+    """Per slice, its classes (`ipc: all`) or None (every class)."""
+    if cfg.recover.ipc != "all":
+        return dict.fromkeys(slice_indices(cfg))
+    counts = class_counts(cfg.data)
+    return {s: slice_classes(counts, s) for s in slice_indices(cfg)}
+
+
+def distilled_size(cfg: Config) -> int:
+    """Images in the distilled set."""
+    if cfg.recover.ipc != "all":
+        return cfg.recover.ipc * num_classes_of(cfg.data)
+    return sum(len(c) for c in slice_rows(cfg).values())
 
 
 class RecoverStage(Stage):
@@ -52,16 +71,33 @@ class RecoverStage(Stage):
 
     def estimate(self, cfg: Config) -> dict:
         rec = cfg.recover
-        iters = sum(rec.iterations_for(i) for i in slice_indices(cfg))
         n = num_classes_of(cfg.data)
+        rows = {s: n if cls is None else len(cls) for s, cls in slice_rows(cfg).items()}
+        iters = sum(rec.iterations_for(i) for i in rows)
+        images = sum(rows.values())
         c, r = cfg.data.channels, cfg.data.resolution
+        sizes = f"{n} classes" if len(set(rows.values())) <= 1 else (
+            f"{max(rows.values())}..{min(rows.values())} classes"
+        )  # fmt: skip
         return {
-            "image_iterations": iters * n,
-            "storage_gb": round(rec.ipc * n * c * r * r / 1e9, 3),
-            "note": f"{rec.ipc} slice(s) x {n} classes, {iters} iterations in all",
+            "image_iterations": sum(rec.iterations_for(s) * k for s, k in rows.items()),
+            "slices": len(rows),
+            "images": images,
+            "storage_gb": round(images * c * r * r / 1e9, 3),
+            "note": f"{len(rows)} slice(s) x {sizes} = {images} images, {iters} iterations in all",
         }
 
     def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
+        import torch  # the science is imported by tasks only: planning and status stay light
+        import torch.distributed as dist
+
+        from prism_hpc.data.index import class_index
+        from prism_hpc.data.sources import open_source, source_stats
+        from prism_hpc.models.teachers import load_teacher
+        from prism_hpc.recover.checks import bn_teacher_candidates, bnless_message
+        from prism_hpc.recover.objective import bn_hooks
+        from prism_hpc.recover.slices import recover_slice
+
         rec = cfg.recover
         if env.device.type == "cpu":
             torch.set_num_threads(rec.cpu_threads)
@@ -71,13 +107,14 @@ class RecoverStage(Stage):
         todo = [s for s in item.payload["slices"] if validate_shard(slice_path(env.run_dir, s))]
         if not todo:
             return
-        source = open_source(cfg.data, "train")
-        num_classes = num_classes_of(cfg.data)
+        source = open_source(cfg.data, "train", env.run_dir)
+        num_classes = num_classes_of(cfg.data, env.run_dir)
         if source.num_classes != num_classes:
             raise UserError(
                 f"data.num_classes = {num_classes}: the data has {source.num_classes} classes"
             )
         per_class = class_index(source.labels, num_classes)
+        classes_of = slice_rows(cfg)
         stats = source_stats(cfg.data)
         names = rec.teacher_names()
         teachers = {n: load_teacher(cfg, n, env.run_dir, env.device) for n in names}
@@ -91,6 +128,7 @@ class RecoverStage(Stage):
                 result = recover_slice(
                     cfg, s, teachers, hooks, source, per_class, num_classes, stats,
                     env.device, env.rank, env.world_size, log=env.log,
+                    progress_dir=partial_dir(env.run_dir), members=classes_of[s],
                 )  # fmt: skip
                 if env.is_main:
                     ipc = torch.full((len(result["labels"]),), s, dtype=torch.int32).numpy()
@@ -98,6 +136,7 @@ class RecoverStage(Stage):
                         slice_path(env.run_dir, s), result["images"], result["labels"], ipc,
                         result["provenance"],
                     )  # fmt: skip
+                    shutil.rmtree(partial_dir(env.run_dir) / f"slice_{s:05d}", ignore_errors=True)
                     env.log(
                         f"slice {s}: logit {result['provenance']['logit_teacher']}, BN "
                         f"{result['provenance']['bn_teachers']}, top-1 "

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from prism_hpc.config.schema import Config
 from prism_hpc.data.sources import num_classes_of
-from prism_hpc.relabel.ensemble import load_ensemble
-from prism_hpc.relabel.offline import (
-    DistilledSet,
+from prism_hpc.hpc.stage import Item, Stage, TaskEnv
+from prism_hpc.stages.recover import distilled_size
+from prism_hpc.store.atomic import write_marker
+from prism_hpc.store.softlabels import (
     chunk_key,
     chunk_marker,
     chunk_path,
@@ -20,10 +21,7 @@ from prism_hpc.relabel.offline import (
     estimate_storage_bytes,
     human_bytes,
     label_bytes_per_visit,
-    write_relabel_chunk,
 )  # fmt: skip
-from prism_hpc.stages.base import Item, Stage, TaskEnv
-from prism_hpc.store.atomic import write_marker
 
 
 class RelabelStage(Stage):
@@ -51,7 +49,7 @@ class RelabelStage(Stage):
         if cfg.relabel.mode != "offline":
             return {"storage_gb": 0.0, "note": f"relabel.mode = {cfg.relabel.mode}: nothing stored"}
         k = num_classes_of(cfg.data)
-        n = cfg.recover.ipc * k
+        n = distilled_size(cfg)
         total = estimate_storage_bytes(cfg, n, k)
         per = label_bytes_per_visit(k, cfg.relabel.storage, cfg.relabel.topk)
         chunks = epoch_chunks(cfg)
@@ -67,6 +65,10 @@ class RelabelStage(Stage):
         }
 
     def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
+        from prism_hpc.relabel.ensemble import load_ensemble  # torch only inside tasks
+        from prism_hpc.relabel.offline import write_relabel_chunk
+        from prism_hpc.store.distilled import DistilledSet
+
         start, stop = item.payload["epochs"]
         distilled = DistilledSet(Path(env.run_dir) / "distilled.h5")
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prism_hpc.config.schema import Config
-from prism_hpc.stages.base import Item, Stage, TaskEnv
+from prism_hpc.hpc.stage import Item, Stage, TaskEnv
 from prism_hpc.store.atomic import write_marker
 
 
@@ -23,7 +23,7 @@ class ReportStage(Stage):
     def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
         if not env.is_main:
             return
-        from prism_hpc.metrics.diversity import compute_diversity, write_diversity
+        from prism_hpc.metrics.measure import compute_diversity, write_diversity
         from prism_hpc.metrics.report import write_report
 
         run_dir = Path(env.run_dir)

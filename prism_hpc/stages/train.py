@@ -12,17 +12,11 @@ import re
 from pathlib import Path
 
 from prism_hpc.config.schema import Config
-from prism_hpc.data.sources import num_classes_of
-from prism_hpc.stages.base import Item, Stage, TaskEnv
+from prism_hpc.hpc.stage import Item, Stage, TaskEnv
+from prism_hpc.stages.recover import distilled_size
 from prism_hpc.store.atomic import write_marker
-from prism_hpc.train.results import DONE_NAME
-from prism_hpc.train.trainer import (
-    check_train_config,
-    request_stop,
-    student_dir,
-    train_student,
-    write_metrics,
-)  # fmt: skip
+from prism_hpc.store.rundir import DONE_NAME, student_dir
+from prism_hpc.train.checks import check_train_config
 
 
 def _key(arch: str, seed: int) -> str:
@@ -46,7 +40,7 @@ class TrainStage(Stage):
         return student_dir(run_dir, item.payload["arch"], item.payload["seed"]) / DONE_NAME
 
     def estimate(self, cfg: Config) -> dict:
-        n = cfg.recover.ipc * num_classes_of(cfg.data)
+        n = distilled_size(cfg)
         steps = cfg.students.epochs * -(-n // cfg.students.batch_size)
         return {
             "students": len(self.items(cfg)),
@@ -57,9 +51,13 @@ class TrainStage(Stage):
     @staticmethod
     def checkpoint_now() -> None:
         """Preemption hook: stop after the current epoch's checkpoint (then requeue)."""
+        from prism_hpc.train.trainer import request_stop
+
         request_stop()
 
     def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
+        from prism_hpc.train.trainer import train_student, write_metrics  # torch: tasks only
+
         arch, seed = item.payload["arch"], item.payload["seed"]
         out = student_dir(env.run_dir, arch, seed)
         metrics = train_student(

@@ -32,15 +32,18 @@ class MissingSlices(Exception):
 
 def collect_shards(
     shard_paths: dict[int, Path],
-    rows_per_slice: int,
+    rows_per_slice: int | dict[int, int],
     out: Path,
     attrs: dict[str, Any],
     consolidate: bool = False,
 ) -> dict[str, Any]:
-    """Validate all shards, then write `out` atomically. Raises MissingSlices listing them."""
+    """Validate all shards, then write `out` atomically. Raises MissingSlices listing them.
+    `rows_per_slice`: one count for all, or per slice (identical-size distillation)."""
+    if isinstance(rows_per_slice, int):
+        rows_per_slice = dict.fromkeys(shard_paths, rows_per_slice)
     problems = {}
     for s, p in shard_paths.items():
-        reason = validate_shard(p, rows_per_slice)
+        reason = validate_shard(p, rows_per_slice[s])
         if reason:
             problems[s] = reason
     if problems:
@@ -49,7 +52,8 @@ def collect_shards(
     provenance = []
     with h5py.File(shard_paths[order[0]], "r") as f:
         img_shape = f["images"].shape[1:]
-    n = rows_per_slice * len(order)
+    n = sum(rows_per_slice[s] for s in order)
+    offsets = dict(zip(order, np.cumsum([0] + [rows_per_slice[s] for s in order]).tolist()))
     out = Path(out)
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w", libver="latest") as f:
@@ -59,9 +63,9 @@ def collect_shards(
                 )
                 labels = np.empty(n, np.int64)
                 ipc = np.empty(n, np.int32)
-                for k, s in enumerate(order):
+                for s in order:
                     with h5py.File(shard_paths[s], "r") as src:
-                        rows = slice(k * rows_per_slice, (k + 1) * rows_per_slice)
+                        rows = slice(offsets[s], offsets[s] + rows_per_slice[s])
                         images[rows] = src["images"][()]
                         labels[rows] = src["labels"][()]
                         ipc[rows] = src["ipc_index"][()]
@@ -74,13 +78,12 @@ def collect_shards(
                     "labels": h5py.VirtualLayout((n,), np.int64),
                     "ipc_index": h5py.VirtualLayout((n,), np.int32),
                 }
-                for k, s in enumerate(order):
+                for s in order:
                     rel = os.path.relpath(shard_paths[s], out.parent)
-                    rows = slice(k * rows_per_slice, (k + 1) * rows_per_slice)
+                    count = rows_per_slice[s]
+                    rows = slice(offsets[s], offsets[s] + count)
                     for name, layout in layouts.items():
-                        shape = (rows_per_slice, *img_shape) if name == "images" else (
-                            rows_per_slice,
-                        )  # fmt: skip
+                        shape = (count, *img_shape) if name == "images" else (count,)
                         layout[rows] = h5py.VirtualSource(rel, name, shape=shape)
                     with h5py.File(shard_paths[s], "r") as src:
                         provenance.append(json.loads(src.attrs["provenance"]))

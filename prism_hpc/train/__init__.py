@@ -1,18 +1,5 @@
-"""Student training and evaluation: losses, lr schedules, EMA, trainer, results tables."""
+"""Student training and evaluation: losses, lr schedules, EMA, trainer (`trainer`), evaluation
+(`evaluate`), the settings that cannot train (`checks`, light). Results tables are
+`prism_hpc.metrics.results`; the students' file layout is `prism_hpc.store.rundir`.
 
-from prism_hpc.train.losses import ce, kl, mse_gt, soft_ce, student_loss
-from prism_hpc.train.schedules import cosine, lr_factor, ssrs, ssrs_continuous
-from prism_hpc.train.trainer import (
-    StopTraining,
-    clear_stop,
-    evaluate,
-    request_stop,
-    student_dir,
-    train_student,
-)  # fmt: skip
-
-__all__ = [
-    "StopTraining", "ce", "clear_stop", "cosine", "evaluate", "kl", "lr_factor", "mse_gt",
-    "request_stop", "soft_ce", "ssrs", "ssrs_continuous", "student_dir", "student_loss",
-    "train_student",
-]  # fmt: skip
+No re-exports here: importing the package must not import torch (planning, `status`)."""

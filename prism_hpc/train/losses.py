@@ -46,9 +46,6 @@ def mse_gt(
     return F.mse_loss(s, t.float()) + ce_weight * ce(s, y, y_b, lam)
 
 
-SOFT_LOSSES = ("mse_gt", "kl", "soft_ce")
-
-
 def student_loss(
     name: str,
     s: torch.Tensor,

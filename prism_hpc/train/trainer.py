@@ -32,19 +32,20 @@ import torch.distributed as dist
 from torch import nn
 
 from prism_hpc.config.schema import Config
-from prism_hpc.data.sources import num_classes_of, open_source
+from prism_hpc.data.sources import num_classes_of
 from prism_hpc.errors import UserError
 from prism_hpc.models.registry import create_model
 from prism_hpc.relabel.augment import build_batch, plan_from_config
-from prism_hpc.relabel.offline import DistilledSet, SoftLabelReader
 from prism_hpc.seeding import derive_seed
 from prism_hpc.store.atomic import atomic_path, atomic_write_text
+from prism_hpc.store.distilled import DistilledSet
+from prism_hpc.store.rundir import CKPT_NAME, METRICS_NAME, student_dir
+from prism_hpc.store.softlabels import SoftLabelReader
+from prism_hpc.train.checks import check_train_config
 from prism_hpc.train.ema import ModelEMA
-from prism_hpc.train.losses import SOFT_LOSSES, student_loss
+from prism_hpc.train.evaluate import EvalData, amp_context, evaluate
+from prism_hpc.train.losses import student_loss
 from prism_hpc.train.schedules import lr_factor
-
-CKPT_NAME = "ckpt.pt"
-METRICS_NAME = "metrics.json"
 
 _STOP = threading.Event()
 
@@ -72,26 +73,6 @@ def clear_stop() -> None:
 
 
 # --------------------------------------------------------------------------- small helpers
-def safe_arch(arch: str) -> str:
-    return arch.replace(":", "_").replace("/", "_")
-
-
-def student_dir(run_dir: Path, arch: str, seed: int) -> Path:
-    return Path(run_dir) / "students" / safe_arch(arch) / f"seed{seed}"
-
-
-def check_train_config(cfg: Config) -> None:
-    """Combinations that cannot train (raised at plan time by the stage)."""
-    st, mode = cfg.students, cfg.relabel.mode
-    if mode == "none" and st.loss in SOFT_LOSSES:
-        raise UserError(
-            f"students.loss = {st.loss} needs soft labels, but relabel.mode = none gives none "
-            "(use students.loss: ce for the hard-label baseline)"
-        )
-    if not st.archs or not st.seeds:
-        raise UserError("students.archs and students.seeds must not be empty")
-
-
 def build_student(cfg: Config, arch: str, num_classes: int) -> nn.Module:
     return create_model(
         arch, num_classes, in_channels=cfg.data.channels, resolution=cfg.data.resolution,
@@ -123,81 +104,6 @@ def _split(n: int, parts: int) -> list[np.ndarray]:
     return [p for p in np.array_split(np.arange(n), max(1, min(parts, n))) if len(p)]
 
 
-# --------------------------------------------------------------------------- evaluation
-class _SourceRows(torch.utils.data.Dataset):
-    """One test image per item, for DataLoader workers (ImageFolder decoding)."""
-
-    def __init__(self, source, indices: np.ndarray):
-        self.source, self.indices = source, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        j = self.indices[i : i + 1]
-        return self.source.load(j)[0], int(self.source.labels[j[0]])
-
-
-class EvalData:
-    """The test split with the validation view (FACTS §A): in memory when small, else a
-    DataLoader over the source (ImageFolder: Resize(res*256/224) + CenterCrop(res))."""
-
-    def __init__(self, cfg: Config, limit: int | None = None):
-        self.source = open_source(cfg.data, "test")
-        n = len(self.source)
-        self.indices = np.arange(min(n, limit) if limit else n)
-        self.labels = torch.as_tensor(self.source.labels[self.indices])
-        self.batch_size = cfg.students.eval_batch_size
-        self.workers = cfg.students.eval_workers
-        self._pixels = None
-        if cfg.data.source == "fashion_mnist":
-            self._pixels = self.source.load(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def batches(self):
-        if self._pixels is not None:
-            for start in range(0, len(self), self.batch_size):
-                sl = slice(start, start + self.batch_size)
-                yield self._pixels[sl], self.labels[sl]
-            return
-        from torch.utils.data import DataLoader
-
-        rows = _SourceRows(self.source, self.indices)
-        loader = DataLoader(rows, batch_size=self.batch_size, num_workers=self.workers)
-        yield from loader
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: EvalData,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    device: torch.device,
-    amp: bool = False,
-) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (fractions) of `model` on `data`."""
-    was_training = model.training
-    model.eval()
-    m, s = mean.to(device).view(1, -1, 1, 1), std.to(device).view(1, -1, 1, 1)
-    correct1 = correct5 = total = 0
-    autocast = _autocast(device, amp)
-    for x, y in data.batches():
-        x, y = ((x.to(device).float() - m) / s), y.to(device)
-        with autocast:
-            out = model(x).float()
-        k = min(5, out.shape[1])
-        top = out.topk(k, dim=1).indices
-        hit = top == y.view(-1, 1)
-        correct1 += int(hit[:, 0].sum())
-        correct5 += int(hit.any(1).sum())
-        total += len(y)
-    model.train(was_training)
-    return {"top1": correct1 / max(total, 1), "top5": correct5 / max(total, 1)}
-
-
 def _stop_requested(world_size: int, device: torch.device) -> bool:
     """Local stop flag, agreed on by all ranks (a rank alone must not leave the others)."""
     flag = _STOP.is_set()
@@ -206,12 +112,6 @@ def _stop_requested(world_size: int, device: torch.device) -> bool:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         flag = bool(t.item() > 0)
     return flag
-
-
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -256,7 +156,7 @@ def train_student(
         torch.set_num_threads(st.cpu_threads)
 
     distilled = DistilledSet(run_dir / "distilled.h5")
-    num_classes = num_classes_of(cfg.data)
+    num_classes = num_classes_of(cfg.data, run_dir)
     if distilled.num_classes != num_classes:
         raise UserError(
             f"distilled.h5 has {distilled.num_classes} classes, the config {num_classes}"
@@ -266,8 +166,10 @@ def train_student(
             f"distilled.h5 images are {distilled.height} px, data.resolution is "
             f"{cfg.data.resolution}"
         )
-    mean, std = distilled.mean, distilled.std
+    mean = torch.tensor(distilled.mean, dtype=torch.float32)
+    std = torch.tensor(distilled.std, dtype=torch.float32)
     reader = SoftLabelReader(cfg, run_dir, distilled) if mode == "offline" else None
+    labels = torch.from_numpy(distilled.labels)
     ensemble = None
     if mode == "online":
         from prism_hpc.relabel.ensemble import load_ensemble
@@ -305,7 +207,7 @@ def train_student(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if eval_data is None and is_main:
-        eval_data = EvalData(cfg, st.eval_limit)
+        eval_data = EvalData(cfg, st.eval_limit, run_dir)
 
     sq_reduce = None
     if world_size > 1:
@@ -314,7 +216,7 @@ def train_student(
             dist.all_reduce(sq)
             return sq
 
-    autocast = _autocast(device, st.amp)
+    autocast = amp_context(device, st.amp)
     epochs = st.epochs
     try:
         for epoch in range(start_epoch, epochs):
@@ -343,7 +245,7 @@ def train_student(
                     continue  # a last batch smaller than the world: every rank skips it
                 pixels = distilled.images(rows).to(device)
                 x, perm, lam = build_batch(pixels, plan, b, mean, std)
-                y = distilled.labels[rows].to(device)
+                y = labels[rows].to(device)
                 y_b = y[perm] if st.ce_target == "mixed" else None
                 shard = np.array_split(np.arange(n), world_size)[rank]
                 soft = None

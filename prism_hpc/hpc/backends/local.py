@@ -3,22 +3,30 @@
 Items run in this process one at a time (the default), or as child processes when a stage asks
 for concurrency > 1 or several ranks per task (`resources.<stage>.tasks_per_node`, gloo on CPU).
 A crash or kill loses at most the items in flight: finished items have their markers.
+
+Concurrent items never share a GPU: each gets its own `CUDA_VISIBLE_DEVICES` group (DESIGN §5).
+Without GPUs, ranks x concurrent items x threads never exceed the cores (4 gloo ranks on 2
+cores made a 1-minute teacher take 14 with another job running): ranks and concurrency are
+capped to the machine, each child gets `OMP_NUM_THREADS` = its share, and one line says so.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from prism_hpc.errors import TaskFailed, UserError
 from prism_hpc.hpc.distributed import free_port
 from prism_hpc.hpc.plan import StagePlan
-from prism_hpc.hpc.rundir import RunDir
+from prism_hpc.hpc.stage import StageRegistry
 from prism_hpc.hpc.task import run_item
+from prism_hpc.store.rundir import RunDir
 
 
 class Progress:
@@ -48,12 +56,75 @@ def _log_path(rd: RunDir, stage: str, key: str, rank: int | None = None) -> Path
     return path
 
 
-def _spawn(rd: RunDir, plan: StagePlan, index: int, ranks: int) -> list[subprocess.Popen]:
+@dataclass(frozen=True)
+class LocalLayout:
+    """How a stage's items map onto this machine."""
+
+    ranks: int  # processes per item (torch.distributed world size)
+    concurrency: int  # items at once
+    threads: int  # intra-op threads per process
+    gpu_groups: tuple[tuple[str, ...], ...]  # per concurrent slot, the devices it sees
+    note: str | None  # one line when the request was capped
+
+
+def machine_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> list[str]:
+    """Device ids this process may use: `PRISM_LOCAL_GPUS` (a count, for tests and to limit
+    a shared workstation), else `CUDA_VISIBLE_DEVICES`, else what `nvidia-smi -L` lists."""
+    if os.environ.get("PRISM_LOCAL_GPUS"):
+        return [str(i) for i in range(int(os.environ["PRISM_LOCAL_GPUS"]))]
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU")]
+
+
+def local_layout(ranks: int, concurrency: int, gpus: list[str], cores: int) -> LocalLayout:
+    """Cap a stage's ranks and concurrency to the machine; disjoint GPU groups per slot."""
+    want = (ranks, concurrency)
+    if gpus:
+        ranks = min(ranks, len(gpus))
+        concurrency = max(1, min(concurrency, len(gpus) // ranks))
+        groups = tuple(tuple(gpus[k * ranks : (k + 1) * ranks]) for k in range(concurrency))
+        where = f"{len(gpus)} GPU(s)"
+    else:
+        ranks = min(ranks, cores)
+        concurrency = max(1, min(concurrency, cores // ranks))
+        groups = ()
+        where = f"{cores} core(s), no GPU"
+    threads = max(1, cores // (ranks * concurrency))
+    note = None
+    if (ranks, concurrency) != want:
+        note = (f"{want[0]} rank(s) x {want[1]} item(s) at once asked for, {where} here: "
+                f"running {ranks} rank(s) x {concurrency} item(s), {threads} thread(s) each")  # fmt: skip
+    return LocalLayout(ranks, concurrency, threads, groups, note)
+
+
+def _spawn(
+    rd: RunDir, plan: StagePlan, index: int, layout: LocalLayout, slot: int
+) -> list[subprocess.Popen]:
     key = plan.items[index].key
     port = free_port()
     procs = []
+    ranks = layout.ranks
     for rank in range(ranks):
         env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE", PYTHONUNBUFFERED="1")
+        env.update(OMP_NUM_THREADS=str(layout.threads), MKL_NUM_THREADS=str(layout.threads))
+        if layout.gpu_groups:  # this item's devices only; LOCAL_RANK indexes into them
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(layout.gpu_groups[slot])
         if ranks > 1:
             env.update(RANK=str(rank), WORLD_SIZE=str(ranks), LOCAL_RANK=str(rank),
                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
@@ -71,9 +142,9 @@ def _spawn(rd: RunDir, plan: StagePlan, index: int, ranks: int) -> list[subproce
     return procs
 
 
-def _failed(plan: StagePlan, index: int, rd: RunDir, detail: str) -> TaskFailed:
+def _failed(plan: StagePlan, index: int, rd: RunDir, detail: str, ranks: int = 1) -> TaskFailed:
     key = plan.items[index].key
-    log = _log_path(rd, plan.stage.name, key, 0 if _ranks(plan) > 1 else None)
+    log = _log_path(rd, plan.stage.name, key, 0 if ranks > 1 else None)
     return TaskFailed(f"stage {plan.stage.name} item {index} ({key}) failed: {detail}; log: {log}")
 
 
@@ -81,7 +152,7 @@ def _ranks(plan: StagePlan) -> int:
     return plan.resources.get("tasks_per_node") or 1 if plan.stage.distributed else 1
 
 
-def run_stage(rd: RunDir, plan: StagePlan, debug: bool = False) -> None:
+def run_stage(rd: RunDir, plan: StagePlan, registry: StageRegistry, debug: bool = False) -> None:
     todo = [i.index for i in plan.items if not plan.stage.is_done(rd.root, i)]
     progress = Progress(plan.stage.name, len(plan.items), len(plan.items) - len(todo))
     if not plan.items:
@@ -89,17 +160,21 @@ def run_stage(rd: RunDir, plan: StagePlan, debug: bool = False) -> None:
     if not todo:
         print(f"[{plan.stage.name}] {len(plan.items)}/{len(plan.items)} already done", flush=True)
         return
-    ranks = _ranks(plan)
-    concurrency = plan.resources.get("concurrency") or 1
+    layout = local_layout(
+        _ranks(plan), plan.resources.get("concurrency") or 1, visible_gpus(), machine_cores()
+    )
+    if layout.note:
+        print(f"[{plan.stage.name}] {layout.note}", flush=True)
+    ranks, concurrency = layout.ranks, layout.concurrency
     if debug:  # submitit's DebugExecutor equivalent: in-process, exceptions propagate
         for index in todo:
-            run_item(str(rd.root), plan.stage.name, index, progress=progress.update)
+            run_item(str(rd.root), plan.stage.name, index, progress.update, registry)
         return
     if ranks == 1 and concurrency == 1:
         for index in todo:
             start = time.time()
             try:
-                run_item(str(rd.root), plan.stage.name, index, progress=progress.update)
+                run_item(str(rd.root), plan.stage.name, index, progress.update, registry)
             except (UserError, KeyboardInterrupt):
                 raise
             except Exception as err:  # noqa: BLE001
@@ -108,32 +183,35 @@ def run_stage(rd: RunDir, plan: StagePlan, debug: bool = False) -> None:
                 raise _failed(plan, index, rd, f"{type(err).__name__}: {err}") from None
             progress.item_done(plan.items[index].key, time.time() - start)
         return
-    running: dict[int, tuple[list[subprocess.Popen], float]] = {}
+    running: dict[int, tuple[list[subprocess.Popen], float, int]] = {}
     queue = list(todo)
     try:
         while queue or running:
             while queue and len(running) < concurrency:
                 index = queue.pop(0)
-                running[index] = (_spawn(rd, plan, index, ranks), time.time())
+                slot = min(set(range(concurrency)) - {r[2] for r in running.values()})
+                running[index] = (_spawn(rd, plan, index, layout, slot), time.time(), slot)
             time.sleep(0.2)
-            for index, (procs, start) in list(running.items()):
+            for index, (procs, start, _) in list(running.items()):
                 codes = [p.poll() for p in procs]
                 if any(c not in (None, 0) for c in codes):
                     for p in procs:
                         p.kill()
-                    raise _failed(plan, index, rd, f"exit codes {codes}")
+                    raise _failed(plan, index, rd, f"exit codes {codes}", ranks)
                 if all(c == 0 for c in codes):
                     del running[index]
                     progress.item_done(plan.items[index].key, time.time() - start)
     finally:
-        for procs, _ in running.values():
+        for procs, _, _ in running.values():
             for p in procs:
                 if p.poll() is None:
                     p.terminate()
 
 
-def run_local(rd: RunDir, plans: list[StagePlan], debug: bool = False) -> None:
+def run_local(
+    rd: RunDir, plans: list[StagePlan], registry: StageRegistry, debug: bool = False
+) -> None:
     rd.append_state({"event": "local-run", "stages": [p.stage.name for p in plans]})
     for plan in plans:
-        run_stage(rd, plan, debug)
+        run_stage(rd, plan, registry, debug)
     rd.append_state({"event": "local-finished"})

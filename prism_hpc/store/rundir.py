@@ -19,6 +19,11 @@ from prism_hpc.config.schema import Config
 from prism_hpc.errors import UserError
 from prism_hpc.store.atomic import atomic_write_text
 
+# students/<arch>/seed<k>/: ckpt.pt (the restart point), metrics.json, then the .done marker
+CKPT_NAME = "ckpt.pt"
+METRICS_NAME = "metrics.json"
+DONE_NAME = ".done"
+
 RUN_DIR_MODE = 0o750  # shared clusters: not world-readable/writable
 PACKAGES = ("prism-hpc", "torch", "torchvision", "timm", "submitit", "h5py", "numpy", "pydantic")
 
@@ -97,6 +102,14 @@ class RunDir:
         events = self.read_state()
         events.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **event})
         atomic_write_text(self.state, json.dumps(events, indent=1) + "\n")
+
+
+def safe_arch(arch: str) -> str:
+    return arch.replace(":", "_").replace("/", "_")
+
+
+def student_dir(run_dir: Path, arch: str, seed: int) -> Path:
+    return Path(run_dir) / "students" / safe_arch(arch) / f"seed{seed}"
 
 
 def git_info() -> dict[str, Any]:

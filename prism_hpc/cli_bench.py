@@ -1,6 +1,7 @@
 """`prism-hpc bench recover`: the recovery-step benchmark as a Typer sub-app.
 
-Wired in `prism_hpc/cli.py` with `app.add_typer(bench_app, name="bench")`.
+Wired in `prism_hpc/cli.py` with `app.add_typer(bench_app, name="bench")`; command-line code
+lives beside the CLI, the measurement itself in `prism_hpc.recover.bench`.
 """
 
 from __future__ import annotations

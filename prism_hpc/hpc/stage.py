@@ -1,0 +1,149 @@
+"""The seam between the science and the cluster: every stage has the same small interface.
+
+The cluster layer defines the interface and runs whatever implements it; it is handed the
+pipeline as a `StageRegistry` (by the CLI, and on a node through the registry's import path
+recorded in `plan.json`), so `hpc` never imports PRISM code and never knows what a slice or
+a student is.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prism_hpc.config.schema import Config
+from prism_hpc.errors import UserError
+
+
+@dataclass(frozen=True)
+class Item:
+    """One array index of a stage. `key` is stable and human-readable (file names, logs)."""
+
+    stage: str
+    index: int
+    key: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stage": self.stage, "index": self.index, "key": self.key, "payload": self.payload}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Item:
+        return cls(data["stage"], data["index"], data["key"], data.get("payload", {}))
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def _cpu():
+    import torch  # only tasks need torch; planning and status do not
+
+    return torch.device("cpu")
+
+
+@dataclass
+class TaskEnv:
+    """Where and how an item runs: set up by the backend, read by the stage."""
+
+    run_dir: Path
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: Any = field(default_factory=_cpu)  # torch.device
+    log: Callable[[str], None] = _print
+    progress: Callable[[dict[str, Any]], None] = lambda info: None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+class Stage:
+    """Base class: subclasses set `name`/`depends_on` and implement `items` and `run`.
+
+    `run` must be idempotent and end by writing the item's marker (only rank 0 writes).
+    """
+
+    name: str = ""
+    depends_on: tuple[str, ...] = ()
+    distributed: bool = False  # True: all ranks of a task call `run` (torch.distributed)
+
+    def items(self, cfg: Config) -> list[Item]:
+        raise NotImplementedError
+
+    def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
+        raise NotImplementedError
+
+    def marker_path(self, run_dir: Path, item: Item) -> Path:
+        return Path(run_dir) / self.name / f"{item.key}.done"
+
+    def is_done(self, run_dir: Path, item: Item) -> bool:
+        """Valid marker present. Stages with checksummed outputs override to verify them."""
+        path = self.marker_path(run_dir, item)
+        if not path.is_file():
+            return False
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def estimate(self, cfg: Config) -> dict[str, Any]:
+        """Rough compute/storage numbers for `plan` (keys: gpu_hours, storage_gb, note)."""
+        return {}
+
+
+_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class StageRegistry:
+    """The pipeline as the cluster layer sees it: stages in order, and `ref`
+    ("package.module:function") that rebuilds this registry in a task process."""
+
+    stages: tuple[Stage, ...]
+    ref: str
+    # called once per process with the run directory before items are asked for (PRISM's
+    # reads the run's data index, so no task or status call walks the data folder)
+    open_run: Callable[[Path], None] | None = None
+
+    def opened(self, run_dir: Path) -> StageRegistry:
+        if self.open_run is not None:
+            self.open_run(Path(run_dir))
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def by_name(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise UserError(f"unknown stage '{name}' (stages: {self.names})")
+
+    def select(self, names: Sequence[str] | None) -> list[Stage]:
+        """The named stages in pipeline order (all when `names` is empty)."""
+        if not names:
+            return list(self.stages)
+        unknown = [n for n in names if n not in self.names]
+        if unknown:
+            raise UserError(f"--stages: unknown stage(s) {unknown} (stages: {self.names})")
+        return [s for s in self.stages if s.name in names]
+
+
+def load_registry(ref: str) -> StageRegistry:
+    """Import `module:function` and call it (how a task process gets its pipeline)."""
+    if not isinstance(ref, str) or not _REF.match(ref):
+        raise UserError(f"stage registry {ref!r}: expected 'package.module:function'")
+    module, _, attr = ref.partition(":")
+    registry = getattr(importlib.import_module(module), attr)()
+    if not isinstance(registry, StageRegistry):
+        raise UserError(f"stage registry {ref!r} did not return a StageRegistry")
+    return registry
