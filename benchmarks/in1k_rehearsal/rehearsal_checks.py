@@ -104,10 +104,13 @@ def check_students(run_dir: Path, classes: int, val_per_class: int, train_classe
         hits = None if top1 is None else top1 * n_val
         # every accuracy is correct / total: with total = n_val the product is an integer
         integral = hits is not None and abs(hits - round(hits)) < 1e-6
+        counted = [e.get("eval_images") for e in m.get("evals") or []]  # recorded since 2026-12
         ok &= m.get("num_classes") == classes and bool(m.get("evals")) and integral
+        ok &= all(c in (None, n_val) for c in counted)
         parts.append(
             f"{path.parent.parent.name}/{path.parent.name}: num_classes {m.get('num_classes')}, "
-            f"{len(m.get('evals') or [])} eval(s), final top-1 {top1} (= {hits:.0f}/{n_val})"
+            f"{len(m.get('evals') or [])} eval(s) on {counted[-1] if counted else '?'} images, "
+            f"final top-1 {top1} (= {hits:.0f}/{n_val})"
             if hits is not None
             else f"{path.parent.parent.name}: no final top-1"
         )

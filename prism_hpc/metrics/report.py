@@ -170,8 +170,10 @@ def write_report(
     comps = rep.safe("comparison figures", rep.comparisons)
     if comps:
         parts.append("### Same initial images side by side (paper Fig. 5)\n")
-        for label, path in comps:
+        for label, path, caption in comps:
             parts.append(f"{label}:\n\n![comparison]({rep.rel(path)})\n")
+            if caption:
+                parts.append(caption + "\n")
     embeds = rep.safe("embedding figures", rep.embeddings)
     if embeds:
         parts.append("### Feature embedding per class (paper Fig. 1)\n")

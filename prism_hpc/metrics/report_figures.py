@@ -143,7 +143,7 @@ class ReportFigures:
             )
         return out
 
-    def comparisons(self) -> list[tuple[str, Path]]:
+    def comparisons(self) -> list[tuple[str, Path, str]]:
         groups: dict[tuple, list[RunInfo]] = {}
         for r in self.runs:
             if (r.path / DISTILLED_NAME).is_file():
@@ -187,14 +187,16 @@ class ReportFigures:
         if len(blocks) < 2:
             return None
         init = "real initial images" if key[0] == "real" else f"noise (seed {key[1]})"
+        shown = [c for c in classes if any(cc == c for cc, _ in wanted)]
         path = figures.comparison_grid(
             blocks,
             first.class_names,
             self.fig_dir / f"compare_{k}.png",
             title=f"Same initialisation ({init}), IPC slots {slots[0]}-{slots[-1]}",
-            classes=[c for c in classes if any(cc == c for cc, _ in wanted)],
+            classes=shown,
         )
-        return ", ".join(label for label, _ in blocks), path
+        caption = sampled_caption(shown, first.num_classes, first.class_names)
+        return ", ".join(label for label, _ in blocks), path, caption
 
     def embeddings(self) -> list[Path]:
         out = []

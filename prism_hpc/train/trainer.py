@@ -287,7 +287,8 @@ def train_student(
                 if is_main:
                     eval_model = ema.module if ema is not None else model
                     acc = evaluate(eval_model, eval_data, mean, std, device, st.amp)
-                    history.append({"epoch": done, **acc, "train_loss": round(train_loss, 6)})
+                    history.append({"epoch": done, **acc, "eval_images": len(eval_data),
+                                    "train_loss": round(train_loss, 6)})  # fmt: skip
                     log(
                         f"train {arch} seed {seed}: epoch {done}/{epochs} loss {train_loss:.4f} "
                         f"top-1 {acc['top1']:.4f} top-5 {acc['top5']:.4f}"
