@@ -79,8 +79,8 @@ def fmnist_available() -> Path:
 def tiny_teachers(tmp_path_factory, fmnist_available) -> dict[str, str]:
     """The tiny config's teachers squeezed once for the session: name -> weights file."""
     from prism_hpc.config.load import config_from_dict
-    from prism_hpc.hpc.stage import TaskEnv
     from prism_hpc.stages.squeeze import SqueezeStage
+    from prism_hpc.workflow import TaskEnv
 
     root = tmp_path_factory.mktemp("teachers")
     cfg = config_from_dict(TINY)

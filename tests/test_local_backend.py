@@ -10,9 +10,9 @@ from pathlib import Path
 from prism_hpc.config.load import config_from_dict
 from prism_hpc.hpc.backends.local import local_layout, run_local
 from prism_hpc.hpc.plan import make_plan, write_plan
-from prism_hpc.hpc.stage import Item, Stage, StageRegistry, TaskEnv
 from prism_hpc.store.atomic import write_marker
 from prism_hpc.store.rundir import new_run_dir
+from prism_hpc.workflow import Item, Stage, StageRegistry, TaskEnv
 from tests.conftest import TINY
 
 TOY_REF = "tests.test_local_backend:toy_registry"

@@ -9,9 +9,9 @@ import torch
 
 from prism_hpc.config.load import config_from_dict
 from prism_hpc.data.sources import open_source, source_stats
-from prism_hpc.hpc.stage import TaskEnv
 from prism_hpc.stages.recover import RecoverStage, slice_path
 from prism_hpc.store.shards import read_shard
+from prism_hpc.workflow import TaskEnv
 from tests.conftest import TINY
 
 

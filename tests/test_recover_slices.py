@@ -11,7 +11,6 @@ import torch
 
 from prism_hpc.config.load import config_from_dict
 from prism_hpc.data.sources import open_source, source_stats
-from prism_hpc.hpc.stage import TaskEnv
 from prism_hpc.models.teachers import load_teacher
 from prism_hpc.recover import augment
 from prism_hpc.recover.loop import recovery_loss
@@ -21,6 +20,7 @@ from prism_hpc.recover.slices import class_chunks
 from prism_hpc.seeding import generator
 from prism_hpc.stages.recover import RecoverStage, slice_path
 from prism_hpc.store.shards import read_shard
+from prism_hpc.workflow import TaskEnv
 from tests.conftest import TINY, write_yaml
 from tests.test_cli import run_cli
 

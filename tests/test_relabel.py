@@ -13,7 +13,6 @@ import torch
 from prism_hpc.config.load import config_from_dict, deep_merge
 from prism_hpc.data.sources import FASHION_MNIST_STATS
 from prism_hpc.errors import UserError
-from prism_hpc.hpc.stage import TaskEnv
 from prism_hpc.models.teachers import build_untrained, teacher_weights_path
 from prism_hpc.relabel.augment import (
     build_batch,
@@ -26,6 +25,7 @@ from prism_hpc.relabel.offline import write_relabel_chunk
 from prism_hpc.stages.relabel import RelabelStage
 from prism_hpc.store.distilled import DistilledSet
 from prism_hpc.store.softlabels import SoftLabelReader, chunk_path, from_topk, to_topk
+from prism_hpc.workflow import TaskEnv
 
 torch.set_num_threads(1)
 

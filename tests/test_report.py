@@ -14,10 +14,10 @@ from PIL import Image
 
 from prism_hpc.config.load import config_from_dict, dump_config
 from prism_hpc.data.sources import FASHION_MNIST_CLASSES
-from prism_hpc.hpc.stage import TaskEnv
 from prism_hpc.metrics.report import write_report
 from prism_hpc.metrics.runs import read_diversity
 from prism_hpc.stages.report import ReportStage
+from prism_hpc.workflow import TaskEnv
 
 torch.set_num_threads(1)
 

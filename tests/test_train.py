@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from prism_hpc.config.load import config_from_dict
 from prism_hpc.errors import UserError
-from prism_hpc.hpc.stage import TaskEnv
 from prism_hpc.metrics.results import aggregate, results_csv, results_markdown, write_results
 from prism_hpc.stages.train import TrainStage
 from prism_hpc.store.rundir import student_dir
@@ -27,6 +26,7 @@ from prism_hpc.train.trainer import (
     request_stop,
     train_student,
 )
+from prism_hpc.workflow import TaskEnv
 from tests.test_relabel import BASE, _merge, make_run, run_relabel
 
 torch.set_num_threads(1)

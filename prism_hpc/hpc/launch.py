@@ -9,8 +9,8 @@ from rich.table import Table
 
 from prism_hpc.config.schema import Config
 from prism_hpc.hpc.plan import StagePlan, make_plan, write_plan
-from prism_hpc.hpc.stage import StageRegistry
 from prism_hpc.store.rundir import RunDir
+from prism_hpc.workflow import StageRegistry
 
 
 def plans_for(

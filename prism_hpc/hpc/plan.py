@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from prism_hpc.config.schema import Config
-from prism_hpc.hpc.stage import Item, Stage
 from prism_hpc.store.atomic import atomic_write_text
+from prism_hpc.workflow import Item, Stage
 
 
 @dataclass

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from prism_hpc.hpc.plan import registry_ref_of
-from prism_hpc.hpc.stage import StageRegistry, load_registry
 from prism_hpc.store.rundir import RunDir, open_run_dir
+from prism_hpc.workflow import StageRegistry, load_registry
 
 WATCH_INTERVAL_S = 30  # never poll the scheduler faster than this
 

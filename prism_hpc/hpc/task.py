@@ -14,8 +14,8 @@ from pathlib import Path
 
 from prism_hpc.hpc import distributed
 from prism_hpc.hpc.plan import read_plan, registry_ref_of
-from prism_hpc.hpc.stage import StageRegistry, TaskEnv, load_registry
 from prism_hpc.store.rundir import RunDir
+from prism_hpc.workflow import StageRegistry, TaskEnv, load_registry
 
 
 def run_item(

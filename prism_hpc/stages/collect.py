@@ -8,10 +8,10 @@ from prism_hpc.config.load import dump_config
 from prism_hpc.config.schema import Config
 from prism_hpc.data.sources import FASHION_MNIST_CLASSES, num_classes_of, source_stats
 from prism_hpc.errors import TaskFailed
-from prism_hpc.hpc.stage import Item, Stage, TaskEnv
 from prism_hpc.stages.recover import slice_path, slice_rows
 from prism_hpc.store.atomic import write_marker
 from prism_hpc.store.collect import MissingSlices, collect_shards
+from prism_hpc.workflow import Item, Stage, TaskEnv
 
 
 def class_names(cfg: Config, run_dir: Path | None = None) -> list[str]:

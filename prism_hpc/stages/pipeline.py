@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from prism_hpc.hpc.stage import StageRegistry
+from prism_hpc.workflow import StageRegistry
 
 REGISTRY_REF = "prism_hpc.stages.pipeline:registry"
 

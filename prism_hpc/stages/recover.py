@@ -9,8 +9,8 @@ from prism_hpc.config.schema import Config
 from prism_hpc.data.index import slice_classes
 from prism_hpc.data.sources import class_counts, num_classes_of
 from prism_hpc.errors import UserError
-from prism_hpc.hpc.stage import Item, Stage, TaskEnv
 from prism_hpc.store.shards import marker_for, validate_shard, write_shard
+from prism_hpc.workflow import Item, Stage, TaskEnv
 
 
 def slice_path(run_dir: Path, slice_index: int) -> Path:

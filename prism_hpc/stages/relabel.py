@@ -10,7 +10,6 @@ from pathlib import Path
 
 from prism_hpc.config.schema import Config
 from prism_hpc.data.sources import num_classes_of
-from prism_hpc.hpc.stage import Item, Stage, TaskEnv
 from prism_hpc.stages.recover import distilled_size
 from prism_hpc.store.atomic import write_marker
 from prism_hpc.store.softlabels import (
@@ -22,6 +21,7 @@ from prism_hpc.store.softlabels import (
     human_bytes,
     label_bytes_per_visit,
 )  # fmt: skip
+from prism_hpc.workflow import Item, Stage, TaskEnv
 
 
 class RelabelStage(Stage):

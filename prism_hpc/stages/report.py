@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from prism_hpc.config.schema import Config
-from prism_hpc.hpc.stage import Item, Stage, TaskEnv
 from prism_hpc.store.atomic import write_marker
+from prism_hpc.workflow import Item, Stage, TaskEnv
 
 
 class ReportStage(Stage):

@@ -12,11 +12,11 @@ import re
 from pathlib import Path
 
 from prism_hpc.config.schema import Config
-from prism_hpc.hpc.stage import Item, Stage, TaskEnv
 from prism_hpc.stages.recover import distilled_size
 from prism_hpc.store.atomic import write_marker
 from prism_hpc.store.rundir import DONE_NAME, student_dir
 from prism_hpc.train.checks import check_train_config
+from prism_hpc.workflow import Item, Stage, TaskEnv
 
 
 def _key(arch: str, seed: int) -> str:

@@ -24,9 +24,9 @@ from pathlib import Path
 from prism_hpc.errors import TaskFailed, UserError
 from prism_hpc.hpc.distributed import free_port
 from prism_hpc.hpc.plan import StagePlan
-from prism_hpc.hpc.stage import StageRegistry
 from prism_hpc.hpc.task import run_item
 from prism_hpc.store.rundir import RunDir
+from prism_hpc.workflow import StageRegistry
 
 
 class Progress:

@@ -29,8 +29,8 @@ from prism_hpc.hpc.backends.slurm.query import (
     submit_events,
 )  # fmt: skip
 from prism_hpc.hpc.backends.slurm.submit import all_plans, next_attempt, submit_chain
-from prism_hpc.hpc.stage import StageRegistry
 from prism_hpc.store.rundir import RunDir
+from prism_hpc.workflow import StageRegistry
 
 
 def active_job_ids(rd: RunDir) -> list[str]:

@@ -24,8 +24,8 @@ from prism_hpc.hpc.backends.slurm.env import clean_submission_env
 from prism_hpc.hpc.backends.slurm.query import first_error_line
 from prism_hpc.hpc.plan import StagePlan, make_plan, split, write_plan
 from prism_hpc.hpc.scripts import job_name, setup_lines, warning_signal, write_scripts
-from prism_hpc.hpc.stage import StageRegistry
 from prism_hpc.store.rundir import RunDir
+from prism_hpc.workflow import StageRegistry
 
 AFTERANY_STAGES = {"collect"}  # gates that must run even when some predecessors failed
 

@@ -1,9 +1,10 @@
 """The seam between the science and the cluster: every stage has the same small interface.
 
-The cluster layer defines the interface and runs whatever implements it; it is handed the
-pipeline as a `StageRegistry` (by the CLI, and on a node through the registry's import path
-recorded in `plan.json`), so `hpc` never imports PRISM code and never knows what a slice or
-a student is.
+It sits low in the layers so that both sides import it and neither imports the other: the
+stages implement it; the cluster layer (`hpc`, above the stages as in DESIGN.md §2) is handed
+the pipeline as a `StageRegistry` (by the CLI, and on a node through the registry's import
+path recorded in `plan.json`), so `hpc` never imports PRISM code and never knows what a slice
+or a student is.
 """
 
 from __future__ import annotations
