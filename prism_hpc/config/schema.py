@@ -115,14 +115,31 @@ class RecoverConfig(Strict):
     resample_logit: bool = False  # intra scope: also redraw the logit teacher every step
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     memory: Literal["joint", "sequential"] = "joint"
-    # bf16 autocast of the teacher forwards (BN statistics and losses stay fp32); `none`: fp32
-    amp: Literal["none", "bf16"] = "none"
+    # Autocast of the teachers' forward/backward (BN statistics, BN loss, CE, Adam stay fp32);
+    # fp16 adds dynamic loss scaling. `amp: bf16` (older spelling) is read as precision bf16.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Chunks (or IPC slices) of a task optimised at once: one forward per teacher on the
+    # concatenation of the chunks that drew it, BN statistics per chunk (docs/recover.md).
+    pack: int = Field(1, ge=1)
     compile: bool = False  # torch.compile each teacher once per process (first steps slow)
     log_every: int = Field(100, ge=1)
     # CPU intra-op threads per rank. Fixed (not "all cores") because conv backward differs in
     # the last bits between thread counts, which would make images depend on the world size.
     cpu_threads: int = Field(1, ge=1)
     deterministic: bool = True  # cuDNN deterministic kernels on GPU
+
+    @model_validator(mode="before")
+    @classmethod
+    def _amp_alias(cls, data):
+        if isinstance(data, dict) and "amp" in data:
+            data = dict(data)
+            amp = data.pop("amp")
+            if amp not in ("none", "bf16"):
+                raise ValueError(f"recover.amp must be none or bf16 (use precision), got {amp!r}")
+            if "precision" in data and amp == "bf16" and data["precision"] != "bf16":
+                raise ValueError("recover.amp: bf16 contradicts recover.precision")
+            data.setdefault("precision", "bf16" if amp == "bf16" else "fp32")
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> RecoverConfig:

@@ -10,7 +10,7 @@ BN-less teachers counted only with `count_bnless`) or 1 (`reduction: sum`, paper
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ class ChannelStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor):
-        xs = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        xs = fp32(x)
         c = xs.shape[1]
         if xs.device.type != "cpu":
             var, mean = torch.var_mean(xs, dim=(0, 2, 3), unbiased=False)
@@ -61,9 +61,41 @@ class ChannelStats(torch.autograd.Function):
         return torch.addcmul(shift.view(shape), x, a.view(shape)).to(x.dtype)
 
 
+def fp32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision tensors upcast to fp32 (float64 stays float64): the entry of every fp32
+    island (BN statistics, BN loss, CE) under `recover.precision: bf16 | fp16`."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def fp32_island(x: torch.Tensor):
+    """Autocast off for the ops inside (norms, CE): they run in the dtype of their inputs.
+    A no-op where autocast is not on (fp32 runs: nothing changes)."""
+    kind = x.device.type
+    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+        return torch.autocast(kind, enabled=False)
+    return nullcontext()
+
+
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(var, mean) of a BN layer's input, differentiable (see `ChannelStats`)."""
     return ChannelStats.apply(x)
+
+
+def grouped_channel_stats(
+    x: torch.Tensor, sizes: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(var, mean), each (G, C): statistics of each group of rows (a packed chunk) on its own,
+    never over the packed batch. On CPU each group goes through `ChannelStats` (its fast
+    channels_last path; a row slice of a channels_last tensor stays channels_last); on other
+    devices equal groups are one `var_mean` over a (G, B, C, H, W) view."""
+    if x.device.type != "cpu" and len(set(sizes)) == 1:
+        xs = fp32(x).view(len(sizes), sizes[0], *x.shape[1:])
+        return torch.var_mean(xs, dim=(1, 3, 4), unbiased=False)
+    out, start = [], 0
+    for n in sizes:
+        out.append(ChannelStats.apply(x[start : start + n]))
+        start += n
+    return torch.stack([v for v, _ in out]), torch.stack([m for _, m in out])
 
 
 class BNStatistics:
@@ -75,6 +107,9 @@ class BNStatistics:
     def __init__(self, model: nn.Module, first_multiplier: float):
         self.layers = bn_layers(model)
         self.active = False
+        # Packed forward: sizes of the leading row groups (chunks) whose statistics count, one
+        # term per group; None: the whole batch is one group and a term is a scalar.
+        self.groups: list[int] | None = None
         self.terms: list[torch.Tensor] = []
         self._handles = []
         for i, layer in enumerate(self.layers):
@@ -85,11 +120,18 @@ class BNStatistics:
         def hook(module: nn.BatchNorm2d, inputs, output) -> None:
             if not self.active:
                 return
-            # fp32 statistics for half inputs (float64 stays float64)
-            var, mean = channel_stats(inputs[0])
-            term = torch.linalg.vector_norm(module.running_var - var) + torch.linalg.vector_norm(
-                module.running_mean - mean
-            )
+            x = inputs[0]
+            with fp32_island(x):  # fp32 statistics and norms for half inputs
+                if self.groups is None:
+                    var, mean = channel_stats(x)
+                    term = torch.linalg.vector_norm(
+                        module.running_var - var
+                    ) + torch.linalg.vector_norm(module.running_mean - mean)
+                else:
+                    var, mean = grouped_channel_stats(x, self.groups)
+                    term = torch.linalg.vector_norm(
+                        module.running_var - var, dim=1
+                    ) + torch.linalg.vector_norm(module.running_mean - mean, dim=1)
             self.terms.append(term * weight if weight != 1.0 else term)
 
         return hook
@@ -99,8 +141,13 @@ class BNStatistics:
         return bool(self.layers)
 
     def collect(self) -> torch.Tensor:
-        """Sum of the terms recorded since the last call."""
-        total = torch.stack(self.terms).sum() if self.terms else torch.zeros(())
+        """Sum of the terms recorded since the last call (per group when `groups` is set)."""
+        if not self.terms:
+            total = torch.zeros(())
+        elif self.groups is None:
+            total = torch.stack(self.terms).sum()
+        else:
+            total = torch.stack(self.terms).sum(0)
         self.terms = []
         return total
 
@@ -166,9 +213,8 @@ def teacher_terms(
         logits = model(xa)
     finally:
         hook.active = False
-    if logits.dtype in (torch.float16, torch.bfloat16):  # autocast: CE in fp32
-        logits = logits.float()
-    ce = F.cross_entropy(logits, targets) if is_logit else None
+    with fp32_island(logits):  # autocast: CE in fp32
+        ce = F.cross_entropy(fp32(logits), targets) if is_logit else None
     bn = hook.collect() if is_bn else None
     loss = xa.new_zeros(())
     if ce is not None:
