@@ -82,11 +82,11 @@ def _bounds(teachers):
 
 def _separate(teachers, cfg, intra):
     with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
-        return [
-            recover_chunk(u.x0, u.targets, teachers, hooks, cfg, u.iterations, _bounds(teachers),
-                          u.aug_gen, u.role_gen, u.fixed_roles)  # fmt: skip
-            for u in _units(cfg, intra, _dtype(teachers))
-        ]
+        out = []
+        for u in _units(cfg, intra, _dtype(teachers)):
+            args = (u.iterations, _bounds(teachers), u.aug_gen, u.role_gen, u.fixed_roles)
+            out.append(recover_chunk(u.x0, u.targets, teachers, hooks, cfg, *args))
+        return out
 
 
 def _packed(teachers, cfg, intra):
