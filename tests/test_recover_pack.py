@@ -139,9 +139,7 @@ def test_teachers_see_only_the_chunks_that_drew_them(teachers):
             h.remove()
     users = {"r": [0, 1, 2], "m": [0, 2], "s": [1]}
     for name, chunks in users.items():
-        expected = [
-            sum(SIZES[j] for j in chunks if step < ITERS[j]) for step in range(max(ITERS))
-        ]
+        expected = [sum(SIZES[j] for j in chunks if step < ITERS[j]) for step in range(max(ITERS))]
         assert seen[name] == [n for n in expected if n]  # s: 5 steps of chunk 1 alone
 
 
@@ -159,6 +157,8 @@ def test_pack_groups_bn_statistics_per_chunk(teachers):
     with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
         _, bn = packed_loss(xs, ys, roles, draws, teachers, hooks, cfg, backward=False)
         for j in range(2):
-            _, _, alone = recovery_loss(xs[j], ys[j], roles[j], teachers, hooks, cfg, draws[j], False)
+            _, _, alone = recovery_loss(
+                xs[j], ys[j], roles[j], teachers, hooks, cfg, draws[j], False
+            )
             assert bn[j].item() == pytest.approx(alone.item(), rel=RTOL_LOSS[_dtype(teachers)])
     assert abs(bn[0].item() - bn[1].item()) > 1e-3 * abs(bn[0].item())

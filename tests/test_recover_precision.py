@@ -147,10 +147,14 @@ def test_fp16_dynamic_loss_scaling_skips_overflow_and_lowers_the_scale(teachers,
         roles = Roles("r", ("r", "m"))
         with monkeypatch.context() as mp:
             mp.setattr(loop, "loss_scaler", huge)
-            x, _, _ = recover_chunk(x0, *args, 1, bounds, generator(0, "a"), generator(0, "b"), roles)
+            x, _, _ = recover_chunk(
+                x0, *args, 1, bounds, generator(0, "a"), generator(0, "b"), roles
+            )
         assert torch.equal(x, x0)  # the step was skipped
         assert made[0].get_scale() == 2.0**99
-        x, _, hist = recover_chunk(x0, *args, 3, bounds, generator(0, "a"), generator(0, "b"), roles)
+        x, _, hist = recover_chunk(
+            x0, *args, 3, bounds, generator(0, "a"), generator(0, "b"), roles
+        )
     assert not torch.equal(x, x0)
     assert all(torch.isfinite(torch.tensor([e["ce"], e["bn"]])).all() for e in hist)
 

@@ -262,9 +262,7 @@ def packed_loss(
     k = len(xs)
     scalers = scalers or [None] * k
     xa = [device_layout(augment.apply(x, d)) for x, d in zip(xs, draws)]
-    bn_scale = [
-        cfg.r_bn / bn_divisor(r.bn, hooks, cfg.reduction, cfg.count_bnless) for r in roles
-    ]
+    bn_scale = [cfg.r_bn / bn_divisor(r.bn, hooks, cfg.reduction, cfg.count_bnless) for r in roles]
     names = [[r.logit] + [n for n in r.bn if n != r.logit and hooks[n].has_bn] for r in roles]
     order = list(dict.fromkeys(n for chunk in names for n in chunk))
     sequential = backward and cfg.memory == "sequential"

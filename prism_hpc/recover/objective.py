@@ -81,9 +81,7 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ChannelStats.apply(x)
 
 
-def grouped_channel_stats(
-    x: torch.Tensor, sizes: list[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
+def grouped_channel_stats(x: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(var, mean), each (G, C): statistics of each group of rows (a packed chunk) on its own,
     never over the packed batch. On CPU each group goes through `ChannelStats` (its fast
     channels_last path; a row slice of a channels_last tensor stays channels_last); on other
