@@ -188,3 +188,41 @@ def test_a_killed_slice_resumes_at_its_last_finished_chunk(tmp_path, fmnist_teac
         c["history"] for c in resumed["provenance"]["chunks"]
     ]
     assert not (run / "recover" / "partial" / "slice_00000").exists()  # cleaned after the shard
+
+
+@pytest.mark.parametrize("scope", ["pre", "per_batch", "intra"])
+def test_packed_task_equals_unpacked(tmp_path, fmnist_teachers, scope):
+    """`recover.pack: 4` over a task of 3 slices x 3 class chunks (varying T_i, so chunks leave
+    the pack at different steps) gives the shards of the unpacked task: the same labels, roles,
+    init images and iterations, images within one uint8 level (fp32 rounding, see
+    tests/test_recover_pack.py), the same logged losses to 1e-4."""
+    base = _cfg(
+        fmnist_teachers, ipc=3, slices_per_task=3, iterations=10, iteration_step=2,
+        iteration_period=3, classes_per_batch=4, scope=scope, include_prob=0.5, log_every=5,
+    )  # fmt: skip
+    stage = RecoverStage()
+    shards = {}
+    for pack in (1, 4):
+        data = copy.deepcopy(base)
+        data["recover"]["pack"] = pack
+        cfg = config_from_dict(data)
+        (item,) = stage.items(cfg)
+        stage.run(cfg, item, TaskEnv(run_dir=tmp_path / f"p{pack}", log=lambda m: None))
+        shards[pack] = [read_shard(slice_path(tmp_path / f"p{pack}", s)) for s in range(3)]
+    assert [s["provenance"]["iterations"] for s in shards[4]] == [10, 8, 6]
+    assert shards[4][0]["provenance"]["pack"] == 4
+    for one, packed in zip(shards[1], shards[4]):
+        assert np.array_equal(one["labels"], packed["labels"])
+        diff = np.abs(one["images"].astype(int) - packed["images"].astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
+        p1, p4 = one["provenance"], packed["provenance"]
+        assert (p1["logit_teacher"], p1["bn_teachers"]) == (p4["logit_teacher"], p4["bn_teachers"])
+        assert len(p1["chunks"]) == len(p4["chunks"]) == 3
+        for c1, c4 in zip(p1["chunks"], p4["chunks"]):
+            for key in ("chunk", "classes", "init_indices", "roles", "roles_changes"):
+                assert c1[key] == c4[key], key
+            assert [e["step"] for e in c1["history"]] == [e["step"] for e in c4["history"]]
+            for e1, e4 in zip(c1["history"], c4["history"]):
+                assert e4["ce"] == pytest.approx(e1["ce"], rel=1e-4, abs=1e-6)
+                assert e4["bn"] == pytest.approx(e1["bn"], rel=1e-4)
+    assert [c["packed_with"] for c in shards[4][0]["provenance"]["chunks"]] == [4, 4, 4]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import resource
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch import nn
 
 from prism_hpc.config.schema import Config
 from prism_hpc.data.index import initial_indices
-from prism_hpc.recover.loop import pixel_bounds, recover_chunk
+from prism_hpc.recover.loop import PackUnit, pixel_bounds, recover_chunk, recover_packed
 from prism_hpc.recover.sampler import Roles, sample_roles
 from prism_hpc.seeding import derive_seed, generator
 from prism_hpc.store.atomic import atomic_path
@@ -135,29 +136,12 @@ def recover_slice(
                 f"ce {e['ce']:.4f} bn {e['bn']:.4f}"
             ),
         )  # fmt: skip
-        pixels = (x.cpu() * std + mean).clamp_(0, 1)
-        quantised = (pixels * 255).round_().to(torch.uint8)
-        with torch.no_grad():
-            logit_model = teachers[used[-1].logit]
-            xq = ((quantised.float() / 255 - mean) / std).to(device)
-            top1 = (logit_model(xq).argmax(1) == targets).float().mean().item()
         mine.append(
-            {
-                "chunk": c,
-                "classes": classes,
-                "images": quantised.numpy(),
-                "init_indices": init_idx,
-                "roles": [r.to_json() for r in used[:16]],
-                "roles_changes": len(used),
-                "final_ce": history[-1]["ce"],
-                "final_bn": history[-1]["bn"],
-                "first_bn": history[0]["bn"],
-                "history": history,
-                "logit_top1": top1,
-                "seconds": round(time.time() - start, 3),
-                "rank": rank,
-            }
-        )
+            _chunk_record(
+                c, classes, x, used, history, init_idx, teachers, targets, mean, std, device,
+                time.time() - start, rank,
+            )
+        )  # fmt: skip
         if saved is not None:
             save_chunk(saved, mine[-1])
     if world_size > 1:
@@ -166,6 +150,38 @@ def recover_slice(
         if rank != 0:
             return None
         mine = [c for part in gathered for c in part]
+    return _assemble(cfg, slice_index, iterations, mine, world_size, device)
+
+
+def _chunk_record(
+    c, classes, x, used, history, init_idx, teachers, targets, mean, std, device, seconds, rank
+) -> dict[str, Any]:
+    """A finished chunk: uint8 images, the logit teacher's top-1 on them, its provenance."""
+    pixels = (x.cpu() * std + mean).clamp_(0, 1)
+    quantised = (pixels * 255).round_().to(torch.uint8)
+    with torch.no_grad():
+        logit_model = teachers[used[-1].logit]
+        xq = ((quantised.float() / 255 - mean) / std).to(device)
+        top1 = (logit_model(xq).argmax(1) == targets).float().mean().item()
+    return {
+        "chunk": c,
+        "classes": classes,
+        "images": quantised.numpy(),
+        "init_indices": init_idx,
+        "roles": [r.to_json() for r in used[:16]],
+        "roles_changes": len(used),
+        "final_ce": history[-1]["ce"],
+        "final_bn": history[-1]["bn"],
+        "first_bn": history[0]["bn"],
+        "history": history,
+        "logit_top1": top1,
+        "seconds": round(seconds, 3),
+        "rank": rank,
+    }
+
+
+def _assemble(cfg, slice_index, iterations, mine, world_size, device, extra=None) -> dict:
+    """One slice's shard content (images in chunk order, labels, provenance)."""
     mine.sort(key=lambda r: r["chunk"])
     images = np.concatenate([r["images"] for r in mine])
     labels = np.concatenate([np.asarray(r["classes"], np.int64) for r in mine])
@@ -174,11 +190,118 @@ def recover_slice(
         "iterations": iterations,
         "seed": cfg.seed,
         "roles_seed": derive_seed(cfg.seed, "recover-roles", slice_index),
-        "scope": rec.scope,
+        "scope": cfg.recover.scope,
         "world_size": world_size,
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "chunks": [{k: v for k, v in r.items() if k != "images"} for r in mine],
+        **(extra or {}),
     }
     first = mine[0]["roles"][0]
     provenance.update(first)  # slice-level logit/BN teachers (pre scope: the same for all)
     return {"images": images, "labels": labels, "provenance": provenance}
+
+
+def recover_slices_packed(
+    cfg: Config,
+    slices: list[int],
+    teachers: dict[str, nn.Module],
+    hooks: dict,
+    source,
+    per_class: list[np.ndarray],
+    num_classes: int,
+    stats: tuple[list[float], list[float]],
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    log=print,
+    progress_dir: Path | None = None,
+    members_of: dict[int, list[int] | None] | None = None,
+) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """`recover.pack: k`: this rank optimises k chunks at once, across the slices of the task
+    (Fashion-MNIST has one chunk per slice, ImageNet ten). Yields (slice, result) in slice
+    order; rank 0 gets `recover_slice`'s result, other ranks None. Each chunk's result depends
+    only on (seed, slice, chunk), as unpacked (`recover_packed` == separate runs).
+
+    Slices are taken in windows just large enough to give every rank k chunks; within a
+    window the chunks are dealt round-robin to the ranks and packed k at a time, then
+    gathered, so memory holds one window of images, not the task's."""
+    rec = cfg.recover
+    k = rec.pack
+    mean = torch.tensor(stats[0]).view(1, -1, 1, 1)
+    std = torch.tensor(stats[1]).view(1, -1, 1, 1)
+    bounds = pixel_bounds(stats[0], stats[1], device)
+    members_of = members_of or {}
+    chunks_of_slice = {}
+    for s in slices:
+        members = members_of.get(s)
+        chunks_of_slice[s] = chunks_of(
+            list(range(num_classes)) if members is None else members, rec.classes_per_batch
+        )
+    pos = 0
+    while pos < len(slices):
+        window, units = [], []
+        while pos < len(slices) and (not window or len(units) < k * world_size):
+            s = slices[pos]
+            window.append(s)
+            units += [(s, c) for c in range(len(chunks_of_slice[s]))]
+            pos += 1
+        mine: list[dict[str, Any]] = []
+        owned = units[rank::world_size]
+        for start in range(0, len(owned), k):
+            todo = []
+            for s, c in owned[start : start + k]:
+                saved = chunk_progress_path(progress_dir, s, c) if progress_dir else None
+                if saved is not None and (done := load_chunk(saved)) is not None:
+                    log(f"slice {s} chunk {c}: finished before a restart, kept")
+                    mine.append({**done, "slice": s})
+                    continue
+                todo.append((s, c, saved))
+            if not todo:
+                continue
+            began = time.time()
+            pack, meta = [], []
+            for s, c, saved in todo:
+                classes = chunks_of_slice[s][c]
+                x0, init_idx = _init_images(
+                    cfg, source, per_class, s, classes, c, mean, std, device
+                )
+                targets = torch.tensor(classes, device=device)
+                iterations = 0 if rec.init_only else rec.iterations_for(s)
+                pack.append(
+                    PackUnit(
+                        x0.to(device), targets, iterations,
+                        generator(cfg.seed, "recover-augment", s, c),
+                        generator(cfg.seed, "recover-intra", s, c),
+                        slice_roles(cfg, s, c),
+                        progress=lambda e, s=s, c=c, t=iterations: log(
+                            f"slice {s} chunk {c}: step {e['step']}/{t} "
+                            f"ce {e['ce']:.4f} bn {e['bn']:.4f}"
+                        ),
+                    )
+                )  # fmt: skip
+                meta.append((s, c, saved, classes, init_idx, targets))
+            results = recover_packed(pack, teachers, hooks, rec, bounds)
+            seconds = time.time() - began
+            for (s, c, saved, classes, init_idx, targets), (x, used, history) in zip(meta, results):
+                record = _chunk_record(
+                    c, classes, x, used, history, init_idx, teachers, targets, mean, std,
+                    device, seconds, rank,
+                )  # fmt: skip
+                record["packed_with"] = len(todo)
+                if saved is not None:
+                    save_chunk(saved, record)
+                mine.append({**record, "slice": s})
+        if world_size > 1:
+            gathered: list = [None] * world_size if rank == 0 else None
+            dist.gather_object(mine, gathered, dst=0)
+            if rank != 0:
+                for s in window:
+                    yield s, None
+                continue
+            mine = [c for part in gathered for c in part]
+        for s in window:
+            rows = [
+                {k2: v for k2, v in r.items() if k2 != "slice"} for r in mine if r["slice"] == s
+            ]
+            iterations = 0 if rec.init_only else rec.iterations_for(s)
+            yield s, _assemble(cfg, s, iterations, rows, world_size, device, {"pack": k})

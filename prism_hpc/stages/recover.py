@@ -96,7 +96,7 @@ class RecoverStage(Stage):
         from prism_hpc.models.teachers import load_teacher
         from prism_hpc.recover.checks import bn_teacher_candidates, bnless_message
         from prism_hpc.recover.objective import bn_hooks
-        from prism_hpc.recover.slices import recover_slice
+        from prism_hpc.recover.slices import recover_slice, recover_slices_packed
 
         rec = cfg.recover
         if env.device.type == "cpu":
@@ -104,6 +104,8 @@ class RecoverStage(Stage):
         elif rec.deterministic:
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
+        else:  # speed over bit-identity: let cuDNN autotune its kernels per shape
+            torch.backends.cudnn.benchmark = True
         todo = [s for s in item.payload["slices"] if validate_shard(slice_path(env.run_dir, s))]
         if not todo:
             return
@@ -124,12 +126,22 @@ class RecoverStage(Stage):
             bnless = [n for n in bn_teacher_candidates(cfg) if not hooks[n].has_bn]
             if bnless and env.is_main:
                 env.log("warning: " + bnless_message(bnless, rec.count_bnless, rec.reduction))
-            for s in todo:
-                result = recover_slice(
-                    cfg, s, teachers, hooks, source, per_class, num_classes, stats,
+            if rec.pack > 1:  # k chunks at once, across the task's slices
+                results = recover_slices_packed(
+                    cfg, todo, teachers, hooks, source, per_class, num_classes, stats,
                     env.device, env.rank, env.world_size, log=env.log,
-                    progress_dir=partial_dir(env.run_dir), members=classes_of[s],
+                    progress_dir=partial_dir(env.run_dir), members_of=classes_of,
                 )  # fmt: skip
+            else:  # lazily, one slice after the other
+                results = (
+                    (s, recover_slice(
+                        cfg, s, teachers, hooks, source, per_class, num_classes, stats,
+                        env.device, env.rank, env.world_size, log=env.log,
+                        progress_dir=partial_dir(env.run_dir), members=classes_of[s],
+                    ))
+                    for s in todo
+                )  # fmt: skip
+            for s, result in results:
                 if env.is_main:
                     ipc = torch.full((len(result["labels"]),), s, dtype=torch.int32).numpy()
                     write_shard(
