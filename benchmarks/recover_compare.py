@@ -15,9 +15,12 @@ machine. (An optimised iteration there is `recover_chunk(..., iterations=1)` con
 the current images: the loop's per-iteration work plus a fresh Adam object.)
 
 Variants: naive (official pattern); opt (the recover stage's step: fp32, channels_last, joint);
-opt-nchw (opt without channels_last: ablation); opt-varmean (opt
-with the BN statistics of `torch.var_mean` + autograd instead of `ChannelStats`: ablation); opt-bf16 (amp bf16); opt-seq (memory
-sequential); opt-compile (torch.compile; the first steps compile, so use --warmup >= 3).
+opt-nchw (opt without channels_last: ablation); opt-varmean (opt with the BN statistics
+of `torch.var_mean` + autograd instead of `ChannelStats`: ablation); and any combination of
+opt with -bf16 / -fp16 (recover.precision), -packK (K chunks of --batch images per step,
+recover.pack), -seq (memory sequential), -compile (torch.compile; the first steps compile,
+so use --warmup >= 3), e.g. opt-pack10-compile. Ratios are per image-iteration (a packed
+step optimises K x batch images).
 """
 
 from __future__ import annotations
@@ -43,22 +46,38 @@ if variant == "naive":
 else:
     from prism_hpc.recover import loop
     from prism_hpc.recover.bench import bench_recover
-    if variant == "opt-varmean":  # ablation: BN statistics by torch.var_mean + autograd
+    if "varmean" in variant:  # ablation: BN statistics by torch.var_mean + autograd
         from prism_hpc.recover import objective
         def var_mean_stats(x):
             x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
             return torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
         objective.channel_stats = var_mean_stats
-    if variant == "opt-nchw":  # ablation: everything but channels_last
+    if "nchw" in variant:  # ablation: everything but channels_last
         def plain(teachers, cfg):
             return dict(teachers)
         loop.prepare_teachers = plain
-    r = bench_recover(teachers, {res}, {batch}, {iters}, amp="bf16" if variant == "opt-bf16" else None,
-                      compile=variant == "opt-compile",
-                      memory="sequential" if variant == "opt-seq" else "joint",
+    tokens = variant.split("-")[1:]
+    pack = next((int(t[4:]) for t in tokens if t.startswith("pack")), 1)
+    precision = next((t for t in tokens if t in ("bf16", "fp16")), "fp32")
+    r = bench_recover(teachers, {res}, {batch}, {iters}, precision=precision, pack=pack,
+                      compile="compile" in tokens,
+                      memory="sequential" if "seq" in tokens else "joint",
                       warmup={warmup}, threads={threads}, measure_memory=False, count=False)
 print("RESULT " + json.dumps(r))
 """
+
+KNOWN = {"bf16", "fp16", "seq", "compile", "nchw", "varmean"}
+
+
+def check_variant(v: str) -> None:
+    """naive, or opt followed by -bf16 / -fp16 / -seq / -compile / -packK / -nchw / -varmean."""
+    parts = v.split("-")
+    ok = v == "naive" or (
+        parts[0] == "opt"
+        and all(t in KNOWN or (t.startswith("pack") and t[4:].isdigit()) for t in parts[1:])
+    )
+    if not ok:
+        raise SystemExit(f"unknown variant {v!r} (naive | opt[-bf16|-fp16][-packK][-seq]...)")
 
 
 def run_variant(variant: str, a) -> dict:
@@ -168,10 +187,14 @@ def main(argv=None) -> None:
         paired(a)
         return
     variants = a.variants.split(",")
+    for v in variants:
+        check_variant(v)
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for rnd in range(a.rounds):
         for v in variants:
             r = run_variant(v, a)
+            images = a.batch * r.get("pack", 1)
+            r.setdefault("ms_per_image_iteration", r["ms_per_iter"] / images)
             runs[v].append(r)
             print(f"round {rnd + 1}/{a.rounds} {v:12s} {r['ms_per_iter']:9.1f} ms/iter wall "
                   f"{r['cpu_ms_per_iter']:9.1f} ms/iter CPU", flush=True)  # fmt: skip
@@ -179,24 +202,33 @@ def main(argv=None) -> None:
     for v in variants:
         wall = [r["ms_per_iter"] for r in runs[v]]
         cpu = [r["cpu_ms_per_iter"] for r in runs[v]]
+        per_image = [r["ms_per_image_iteration"] for r in runs[v]]
         summary[v] = {"wall_ms": statistics.median(wall), "cpu_ms": statistics.median(cpu),
-                      "wall_runs": wall, "cpu_runs": cpu}  # fmt: skip
+                      "image_ms": statistics.median(per_image), "wall_runs": wall,
+                      "cpu_runs": cpu, "image_runs": per_image}  # fmt: skip
     base = summary.get("naive")
     print(
         f"\n{a.teachers} | {a.res} px | batch {a.batch} | {a.threads} threads | "
         f"{a.rounds} rounds x {a.iters} iters (median of run medians)"
     )
-    print("| variant | ms/iter wall | CPU ms/iter | naive / variant (wall) | (CPU) |")
-    print("|---|---|---|---|---|")
+    print("| variant | ms/iter wall | CPU ms/iter | ms per image-iteration | naive / variant "
+          "(per image-iteration, wall) | (CPU) |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for v, s in summary.items():
-        ratio = f"{base['wall_ms'] / s['wall_ms']:.2f}x" if base else "-"
-        cratio = f"{base['cpu_ms'] / s['cpu_ms']:.2f}x" if base else "-"
-        print(f"| {v} | {s['wall_ms']:.1f} | {s['cpu_ms']:.1f} | {ratio} | {cratio} |")
+        ratio = f"{base['image_ms'] / s['image_ms']:.2f}x" if base else "-"
+        images = a.batch * runs[v][0].get("pack", 1)
+        cratio = f"{base['cpu_ms'] / a.batch / (s['cpu_ms'] / images):.2f}x" if base else "-"
+        print(f"| {v} | {s['wall_ms']:.1f} | {s['cpu_ms']:.1f} | {s['image_ms']:.2f} | {ratio} "
+              f"| {cratio} |")  # fmt: skip
     if base:  # per-round ratios: both measured back to back
         for v in variants:
             if v != "naive":
-                per = [n["ms_per_iter"] / o["ms_per_iter"] for n, o in zip(runs["naive"], runs[v])]
-                print(f"per-round wall ratio naive/{v}: " + ", ".join(f"{x:.2f}" for x in per)
+                per = [
+                    n["ms_per_image_iteration"] / o["ms_per_image_iteration"]
+                    for n, o in zip(runs["naive"], runs[v])
+                ]
+                print(f"per-round ratio per image-iteration naive/{v}: "
+                      + ", ".join(f"{x:.2f}" for x in per)
                       + f" (median {statistics.median(per):.2f})")  # fmt: skip
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "summary": summary, "runs": runs}))

@@ -36,7 +36,7 @@ from torch import nn
 
 from prism_hpc.config.schema import RecoverConfig
 from prism_hpc.models.registry import create_model, freeze
-from prism_hpc.recover.loop import pixel_bounds, recover_chunk
+from prism_hpc.recover.loop import PackUnit, pixel_bounds, recover_chunk, recover_packed
 from prism_hpc.recover.objective import BNStatistics, bn_hooks
 from prism_hpc.recover.sampler import Roles
 
@@ -90,16 +90,26 @@ def build_problem(
     amp: str | None = None,
     compile: bool = False,
     seed: int = 0,
+    precision: str | None = None,
+    pack: int = 1,
 ) -> Problem:
+    """`pack` > 1: x0 and targets hold `pack` chunks of `batch` images one after the other
+    (chunk j: images seeded like chunk 0 of a problem with seed + 1000 + j)."""
     if not archs:
         raise ValueError("at least one teacher")
+    if pack < 1:
+        raise ValueError("pack must be >= 1")
+    precision = _precision(precision, amp)
     device = torch.device(device)
     names = teacher_names(archs)
     models = build_models(archs, res, device, seed)
     nc = num_classes_for(res)
-    g = torch.Generator().manual_seed(seed + 1000)
-    x0 = torch.randn(batch, 3, res, res, generator=g).to(device)
-    targets = (torch.arange(batch) % nc).to(device)
+    xs = []
+    for j in range(pack):
+        g = torch.Generator().manual_seed(seed + 1000 + j)
+        xs.append(torch.randn(batch, 3, res, res, generator=g))
+    x0 = torch.cat(xs).to(device)
+    targets = (torch.arange(batch) % nc).repeat(pack).to(device)
     cfg = RecoverConfig(
         iterations=10**6,
         iteration_step=0,
@@ -108,13 +118,23 @@ def build_problem(
         bn_always=names,
         bn_pool=[],
         memory=memory,
-        amp=amp or "none",
+        precision=precision,
+        pack=pack,
         compile=compile,
         log_every=1,
     )
     roles = Roles(names[0], tuple(names))
     bounds = pixel_bounds(IMAGENET_MEAN, IMAGENET_STD, device)
     return Problem(names, list(archs), models, x0, targets, roles, cfg, bounds, nc)
+
+
+def _precision(precision: str | None, amp: str | None) -> str:
+    """`precision` wins; the older `amp` argument (none | bf16) maps onto it."""
+    if precision is None:
+        precision = "bf16" if amp == "bf16" else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    return precision
 
 
 @contextmanager
@@ -140,6 +160,19 @@ def run_steps(
 ) -> torch.Tensor:
     """`steps` real recovery iterations (a fresh Adam state, like one chunk)."""
     device = p.x0.device
+    if p.cfg.pack > 1:  # the packed loop over `pack` chunks; unit 0 marks the steps
+        b = p.x0.shape[0] // p.cfg.pack
+        units = [
+            PackUnit(
+                p.x0[j * b : (j + 1) * b], p.targets[j * b : (j + 1) * b], steps,
+                torch.Generator().manual_seed(1234 + j), torch.Generator().manual_seed(5678 + j),
+                p.roles, progress if j == 0 else None,
+            )
+            for j in range(p.cfg.pack)
+        ]  # fmt: skip
+        out = recover_packed(units, p.models, hooks, p.cfg, p.bounds)
+        _sync(device)
+        return torch.cat([x for x, _, _ in out])
     aug_gen = torch.Generator().manual_seed(1234)
     role_gen = torch.Generator().manual_seed(5678)
     x, _, _ = recover_chunk(
@@ -197,8 +230,9 @@ def _probe_cpu_memory(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     p = build_problem(
-        spec["teachers"], spec["res"], spec["batch"], "cpu", spec["memory"], spec["amp"], False
-    )
+        spec["teachers"], spec["res"], spec["batch"], "cpu", spec["memory"], None, False,
+        precision=spec.get("precision"), pack=spec.get("pack", 1),
+    )  # fmt: skip
     with bn_hooks(p.models, p.cfg.first_bn_multiplier) as hooks:
         gc.collect()
         base_kb = _status_kb("VmRSS")
@@ -218,10 +252,11 @@ def _probe_cpu_memory(spec: dict) -> dict:
 
 def measure_cpu_memory(
     teachers: list[str], res: int, batch: int, memory: str = "joint", amp: str | None = None,
-    threads: int | None = None, steps: int = 1,
+    threads: int | None = None, steps: int = 1, precision: str | None = None, pack: int = 1,
 ) -> dict:  # fmt: skip
     spec = {"teachers": list(teachers), "res": res, "batch": batch, "memory": memory,
-            "amp": amp or "none", "threads": threads, "steps": steps}  # fmt: skip
+            "precision": _precision(precision, amp), "threads": threads, "steps": steps,
+            "pack": pack}  # fmt: skip
     out = subprocess.run(
         [sys.executable, "-m", "prism_hpc.recover.bench", json.dumps(spec)],
         capture_output=True, text=True, check=False,
@@ -260,14 +295,17 @@ def bench_recover(
     measure_memory: bool = True,
     count: bool = True,
     deterministic: bool = True,
+    precision: str | None = None,
+    pack: int = 1,
 ) -> dict:
     """Median ms per recovery iteration, throughput, FLOP/s and peak memory of one config.
 
-    On CUDA, cuDNN is set up as the recover stage does (`deterministic`: deterministic kernels,
-    no autotuning; the default of `recover.deterministic`)."""
+    `pack` chunks of `batch` images per step (`recover.pack`); `ms_per_image_iteration` is the
+    step time over all pack * batch images. On CUDA, cuDNN is set up as the recover stage does
+    (`deterministic`: deterministic kernels, no autotuning; else cuDNN autotuning)."""
     if iters < 1:
         raise ValueError("iters must be >= 1")
-    amp = None if amp in (None, "none") else amp
+    precision = _precision(precision, amp)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device available")
@@ -275,7 +313,8 @@ def bench_recover(
         torch.backends.cudnn.deterministic = deterministic
         torch.backends.cudnn.benchmark = not deterministic
     with num_threads(threads):
-        p = build_problem(teachers, res, batch, dev, memory, amp, compile)
+        p = build_problem(teachers, res, batch, dev, memory, None, compile,
+                          precision=precision, pack=pack)  # fmt: skip
         with bn_hooks(p.models, p.cfg.first_bn_multiplier) as hooks:
             mem = {}
             if measure_memory and dev.type == "cuda":
@@ -294,8 +333,13 @@ def bench_recover(
     del p
     gc.collect()
     if measure_memory and dev.type == "cpu":
-        mem = measure_cpu_memory(teachers, res, batch, memory, amp, threads)
+        mem = measure_cpu_memory(
+            teachers, res, batch, memory, None, threads, precision=precision, pack=pack
+        )
     median_s = statistics.median(step_s)
+    images = batch * pack
+    peak, peak_source = peak_flops(dev, precision, used_threads)
+    flop_per_s = flops / median_s if flops else None
     return {
         "teachers": list(teachers),
         "res": res,
@@ -305,21 +349,107 @@ def bench_recover(
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "threads": used_threads if dev.type == "cpu" else None,
-        "amp": amp or "none",
+        "precision": precision,
+        "amp": precision if precision != "fp32" else "none",  # older key
+        "pack": pack,
         "compile": compile,
         "memory": memory,
+        "deterministic": deterministic,
         "ms_per_iter": round(median_s * 1e3, 3),
+        "ms_per_image_iteration": round(median_s * 1e3 / images, 4),
         "ms_per_iter_mean": round(statistics.fmean(step_s) * 1e3, 3),
         "ms_per_iter_min": round(min(step_s) * 1e3, 3),
         "cpu_ms_per_iter": round(statistics.median(cpu_s) * 1e3, 3),  # process CPU time
-        "images_iters_per_s": round(batch / median_s, 2),
+        "images_iters_per_s": round(images / median_s, 2),
         "flops_per_iter": flops,
-        "flop_per_s": round(flops / median_s, 1) if flops else None,
+        "flop_per_s": round(flop_per_s, 1) if flop_per_s else None,
+        "peak_flop_per_s": peak,
+        "peak_source": peak_source,
+        "fraction_of_peak": round(flop_per_s / peak, 4) if flop_per_s and peak else None,
         "peak_mem_mb": mem.get("peak_mem_mb"),
         "peak_mem_total_mb": mem.get("peak_mem_total_mb"),
         "memory_method": mem.get("memory_method"),
         "torch": torch.__version__,
     }
+
+
+# Dense datasheet peaks in TFLOP/s (no sparsity), the convolution rate per precision: fp32
+# convolutions use TF32 tensor cores where the card has them (PyTorch's cuDNN default). The
+# same vendor numbers as prism_hpc/cost/devices.py (recover must not import cost). Matched
+# by substring of torch.cuda.get_device_name(), first match wins.
+CUDA_PEAKS_TFLOPS: list[tuple[str, dict[str, float]]] = [
+    ("H200", {"fp32": 495, "bf16": 989, "fp16": 989}),
+    ("H100", {"fp32": 495, "bf16": 989, "fp16": 989}),  # SXM5; PCIe parts are ~25 % lower
+    ("A100", {"fp32": 156, "bf16": 312, "fp16": 312}),
+    ("L40S", {"fp32": 183, "bf16": 362, "fp16": 362}),
+    ("4090", {"fp32": 82.6, "bf16": 165.2, "fp16": 165.2}),
+    ("V100", {"fp32": 15.7, "bf16": 15.7, "fp16": 125}),  # no bf16 units: fp32 rate
+]
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _cpu_ghz() -> float | None:
+    for path in ("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq",):
+        try:
+            with open(path) as f:
+                return int(f.read()) / 1e6
+        except (OSError, ValueError):
+            pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return float(line.split(":", 1)[1]) / 1e3
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def cpu_peak(cores: int, precision: str, flags: set[str] | None = None,
+             ghz: float | None = None) -> tuple[float | None, str]:  # fmt: skip
+    """Peak FLOP/s of `cores` cores: cores x clock x fp32 lanes of the widest vector unit the
+    flags show (avx512f: 16, avx2: 8, else 4) x 2 (FMA) x 2 FMA units per core (assumed: true
+    for recent Intel/AMD server cores; Zen 4 runs AVX-512 on 256-bit halves, so there the
+    AVX-512 figure is 2x what the hardware can do and the fraction a lower bound). bf16 doubles
+    it where `avx512_bf16` (a bf16 dot product per fp32 lane) is present."""
+    flags = _cpu_flags() if flags is None else flags
+    ghz = _cpu_ghz() if ghz is None else ghz
+    if not ghz:
+        return None, "cpu: clock unknown"
+    lanes, unit = (16, "avx512f") if "avx512f" in flags else (
+        (8, "avx2") if "avx2" in flags else (4, "sse")
+    )  # fmt: skip
+    per_cycle = lanes * 2 * 2
+    note = f"cpu: {cores} core(s) x {ghz:.2f} GHz x {per_cycle} fp32 FLOP/cycle ({unit}: {lanes} lanes x FMA 2 x 2 units, assumed)"
+    if precision == "bf16" and "avx512_bf16" in flags:
+        per_cycle *= 2
+        note += " x 2 (avx512_bf16)"
+    return cores * ghz * 1e9 * per_cycle, note
+
+
+def peak_flops(
+    device: torch.device, precision: str, threads: int | None
+) -> tuple[float | None, str]:
+    """(peak FLOP/s for the precision the convolutions run in, how it was derived)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peaks in CUDA_PEAKS_TFLOPS:
+            if key in name:
+                return peaks[precision] * 1e12, f"datasheet {key} {precision} dense"
+        return None, f"no table entry for {name!r}"
+    if device.type == "cpu":
+        return cpu_peak(threads or torch.get_num_threads(), precision)
+    return None, f"no peak for device {device.type}"
 
 
 def _main(argv: list[str]) -> None:

@@ -93,10 +93,10 @@ def _scaled(loss: torch.Tensor, scaler) -> torch.Tensor:
 
 
 def device_layout(xa: torch.Tensor) -> torch.Tensor:
-    """On CUDA the augmented batch goes to the teachers in channels_last (cuDNN's fast
-    layout, matching the weights); on CPU it is left as it is (oneDNN converts, and the
+    """On an accelerator the augmented batch goes to the teachers in channels_last (cuDNN's
+    fast layout, matching the weights); on CPU it is left as it is (oneDNN converts, and the
     default path stays bit-identical)."""
-    if xa.device.type == "cuda":
+    if xa.device.type != "cpu":
         return xa.contiguous(memory_format=torch.channels_last)
     return xa
 
