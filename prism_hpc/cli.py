@@ -104,14 +104,17 @@ def plan(
     out: Annotated[
         Path | None, typer.Option(help="Write plan.json and sbatch scripts here.")
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the plan and its cost estimate as JSON.")
+    ] = False,
 ) -> None:
-    """Dry run: stages, array sizes, estimated compute and storage; writes the sbatch scripts."""
+    """Dry run: stages, arrays, GPU-hours, wall time, time limits, storage, memory; sbatch scripts."""
     from prism_hpc.hpc.launch import describe_plan
 
     cfg, _, warnings = _prepare(config, set_, require_data=False)
     for w in warnings:
         typer.echo(f"warning: {w}", err=True)
-    describe_plan(cfg, _registry(), out)
+    describe_plan(cfg, _registry(), out, as_json=as_json)
 
 
 @app.command()

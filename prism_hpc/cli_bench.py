@@ -7,6 +7,7 @@ lives beside the CLI, the measurement itself in `prism_hpc.recover.bench`.
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import typer
 
@@ -53,6 +54,18 @@ def recover(
     threads: int | None = typer.Option(None, min=1, help="CPU intra-op threads."),
     no_memory: bool = typer.Option(False, "--no-memory", help="Skip the peak-memory probe."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    calibrate: bool = typer.Option(
+        False, "--calibrate",
+        help="Also time student steps and forwards; write all three as this device's "
+        "throughputs to the calibration file that `plan` prefers over the device table.",
+    ),
+    calibration: str | None = typer.Option(
+        None, help="Calibration file (default: $PRISM_HPC_CALIBRATION or the user cache)."
+    ),
+    gpu: str | None = typer.Option(None, help="Device-table name of this GPU (default: guessed)."),
+    student: str = typer.Option("resnet18", help="--calibrate: student architecture timed."),
+    student_width: float = typer.Option(1.0, help="--calibrate: the student's width."),
+    student_batch: int = typer.Option(50, min=1, help="--calibrate: student batch size."),
 ) -> None:
     """Median ms per recovery iteration, throughput, FLOP/s and peak memory of one step."""
     from prism_hpc.recover.bench import bench_recover
@@ -75,6 +88,9 @@ def recover(
         )  # fmt: skip
     except (RuntimeError, ValueError) as err:
         raise UserError(str(err)) from None
+    if calibrate:
+        r["calibration"] = _calibrate(r, archs, res, batch, threads, calibration, gpu,
+                                      student, student_width, student_batch)  # fmt: skip
     if as_json:
         typer.echo(json.dumps(r))
         return
@@ -93,3 +109,110 @@ def recover(
         + f" (peak: {r['peak_source']})\n"
         f"  peak memory of one step: {mem}"
     )
+
+
+def _calibrate(
+    r: dict, archs: list[str], res: int, batch: int, threads: int | None, path: str | None,
+    gpu: str | None, student: str, student_width: float, student_batch: int,
+) -> dict:  # fmt: skip
+    """FLOP/s of the timed recovery step (counted the way `plan` counts: `models.flops`), of a
+    student training step and of a no-grad forward, written per kind to the calibration file."""
+    from pathlib import Path
+
+    from prism_hpc.cost.calibration import write_entry
+    from prism_hpc.cost.devices import guess_device
+    from prism_hpc.errors import UserError
+    from prism_hpc.models.flops import arch_cost, measure_step_flops
+    from prism_hpc.recover.bench import num_classes_for
+
+    cpu = r["device_name"] == "cpu"
+    name = "cpu" if cpu else (gpu or guess_device(r["device_name"]))
+    if name is None:
+        raise UserError(f"--calibrate: {r['device_name']!r} is not in the device table; pass --gpu")
+    nc = num_classes_for(res)
+    images = batch * r.get("pack", 1)  # a packed step optimises pack chunks of batch images
+    per_iter = images * sum(arch_cost(a, res, 3, nc).recover_flops for a in archs)
+    precision = r.get("precision", "fp32")
+    used = r.get("threads") or threads
+    rates = {"recover": per_iter / (r["ms_per_iter"] / 1e3)}
+    setup = f", {used or '?'} thread(s)" if cpu else ""
+    for kind in ("train", "infer"):
+        m = measure_step_flops(student, res, 3, nc, student_batch, kind, device=r["device"],
+                               threads=threads, width=student_width)  # fmt: skip
+        rates[kind] = m["flop_per_s"]
+    target = Path(path) if path else None
+    for kind, rate in rates.items():
+        what = (f"{','.join(archs)}, res {res}, batch {batch}" if kind == "recover" else
+                f"{student} x{student_width:g}, res {res}, batch {student_batch}")  # fmt: skip
+        target = write_entry(name, kind, rate, used if cpu else None, f"{what}{setup}",
+                             target, precision)  # fmt: skip
+    typer.echo(f"calibration: {name} " + ", ".join(
+        f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in rates.items()) + f" -> {target}", err=True)
+    return {"device": name, "file": str(target), **{k: v for k, v in rates.items()}}
+
+
+@bench_app.command("calibrate")
+def calibrate_config(
+    config: str = typer.Argument(help="Experiment YAML whose architectures are timed."),
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Config override KEY=VALUE.")
+    ] = None,
+    steps: int = typer.Option(3, min=1, help="Timed steps per architecture and kind."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
+    gpu: str | None = typer.Option(None, help="Device-table name of this GPU (default: guessed)."),
+    calibration: str | None = typer.Option(
+        None, help="Calibration file (default: $PRISM_HPC_CALIBRATION or the user cache)."
+    ),
+) -> None:
+    """Time this config's own teachers and students here (recover, train and forward steps at
+    the config's resolution, widths and batch sizes) and record their FLOP/s per architecture
+    for `plan`. On the CPU every step runs on one thread (`plan` scales by the threads a stage
+    gets) and the fastest step counts: other load on a shared machine slows steps, never
+    speeds them up."""
+    from pathlib import Path
+
+    from prism_hpc.config.load import load_config
+    from prism_hpc.cost.calibration import write_entry
+    from prism_hpc.cost.devices import guess_device
+    from prism_hpc.data.sources import num_classes_of
+    from prism_hpc.errors import UserError
+    from prism_hpc.models.flops import arch_key, measure_step_flops
+
+    cfg, _ = load_config(Path(config), set_ or [])
+    d = cfg.data
+    nc = num_classes_of(d)
+    cpu = device == "cpu"
+    if cpu:
+        name = "cpu"
+    else:
+        import torch
+
+        name = gpu or guess_device(torch.cuda.get_device_name(torch.device(device)))
+        if name is None:
+            raise UserError("bench calibrate: this GPU is not in the device table; pass --gpu")
+    rec_names = cfg.recover.teacher_names()
+    teacher_archs = {(cfg.teachers[n].arch, cfg.teachers[n].width) for n in cfg.teachers}
+    student_archs = {(a, cfg.students.width) for a in cfg.students.archs}
+    plan = {
+        "recover": ({(cfg.teachers[n].arch, cfg.teachers[n].width) for n in rec_names},
+                    cfg.recover.classes_per_batch, 1),
+        "train": (teacher_archs | student_archs, cfg.students.batch_size, 1),
+        "infer": (teacher_archs | student_archs, cfg.relabel.batch_size, 1),
+    }  # fmt: skip
+    target = Path(calibration) if calibration else None
+    for kind, (archs, batch, threads) in plan.items():
+        rates = {}
+        for arch, width in sorted(archs):
+            m = measure_step_flops(arch, d.resolution, d.channels, nc, batch, kind, steps=steps,
+                                   warmup=1, device=device, threads=threads if cpu else None,
+                                   width=width)  # fmt: skip
+            rates[arch_key(arch, d.resolution, d.channels, nc, width)] = m["flop_per_s_fastest"]
+            typer.echo(f"{kind:8s} {arch} x{width:g}: {m['fastest_s'] * 1e3:.1f} ms/step "
+                       f"(median {m['seconds'] * 1e3:.1f}), {m['flop_per_s_fastest'] / 1e9:.1f} "
+                       "GFLOP/s")  # fmt: skip
+        target = write_entry(
+            name, kind, 0.0, threads if cpu else None,
+            f"{cfg.name}: batch {batch}, {d.resolution} px" + (f", {threads} thread(s)" if cpu else ""),
+            target, "fp32", archs=rates,
+        )  # fmt: skip
+    typer.echo(f"wrote {target} ({name})")

@@ -231,6 +231,10 @@ class MetricsConfig(Strict):
     batch_size: int = Field(256, ge=1)
 
 
+# Device kinds the cost model knows (`prism_hpc.cost.devices` holds their numbers; a test keeps
+# the two lists equal). Here because the config layer validates names and must not import cost.
+DEVICE_NAMES = ("v100", "a100-40", "a100-80", "h100", "h200", "l40s", "rtx4090", "cpu")
+
 SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP", "ALRM", "URG")
 SIGNAL_SPEC = re.compile(r"(?:SIG)?(?:" + "|".join(SIGNALS) + r")@([1-9]\d{0,4})")
 
@@ -255,6 +259,16 @@ class StageResources(Strict):
     # Warning signal SIG@SECONDS before the time limit (sbatch --signal; the delay is capped at
     # a fifth of time_min). Checkpointable stages (training) requeue on it and resume.
     signal: str | None = None
+    # device kind for `plan`'s cost estimate (DEVICE_NAMES); None: cpu without GPUs, else the
+    # estimate assumes a100-80 and says so
+    gpu: str | None = None
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu_known(cls, v: str | None) -> str | None:
+        if v is not None and v.lower() not in DEVICE_NAMES:
+            raise ValueError(f"unknown device {v!r} (known: {', '.join(DEVICE_NAMES)})")
+        return v.lower() if v is not None else v
 
     @field_validator("signal")
     @classmethod

@@ -54,6 +54,17 @@ class CollectStage(Stage):
     def marker_path(self, run_dir: Path, item: Item) -> Path:
         return Path(run_dir) / "distilled.done"
 
+    def estimate(self, cfg: Config) -> dict:
+        from prism_hpc.stages.costing import collect_cost, safely
+        from prism_hpc.stages.recover import distilled_size
+
+        c, r = cfg.data.channels, cfg.data.resolution
+        slices_gb = round(distilled_size(cfg) * c * r * r / 1e9, 3)
+        return {
+            "note": f"validates {slices_gb} GB of slices, writes a Virtual Dataset",
+            **safely(collect_cost, cfg, slices_gb),
+        }
+
     def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
         info = collect_run(cfg, env.run_dir)
         env.log(

@@ -79,12 +79,16 @@ class RecoverStage(Stage):
         sizes = f"{n} classes" if len(set(rows.values())) <= 1 else (
             f"{max(rows.values())}..{min(rows.values())} classes"
         )  # fmt: skip
+        from prism_hpc.stages.costing import recover_cost, safely
+
+        storage = round(images * c * r * r / 1e9, 3)
         return {
             "image_iterations": sum(rec.iterations_for(s) * k for s, k in rows.items()),
             "slices": len(rows),
             "images": images,
-            "storage_gb": round(images * c * r * r / 1e9, 3),
+            "storage_gb": storage,
             "note": f"{len(rows)} slice(s) x {sizes} = {images} images, {iters} iterations in all",
+            **safely(recover_cost, cfg, rows, storage),
         }
 
     def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:

@@ -46,8 +46,11 @@ class RelabelStage(Stage):
         )
 
     def estimate(self, cfg: Config) -> dict:
+        from prism_hpc.stages.costing import relabel_cost, safely
+
         if cfg.relabel.mode != "offline":
-            return {"storage_gb": 0.0, "note": f"relabel.mode = {cfg.relabel.mode}: nothing stored"}
+            return {"storage_gb": 0.0, "note": f"relabel.mode = {cfg.relabel.mode}: nothing stored",
+                    "gpu_hours": 0.0, "cpu_hours": 0.0, "wall_hours": 0.0}  # fmt: skip
         k = num_classes_of(cfg.data)
         n = distilled_size(cfg)
         total = estimate_storage_bytes(cfg, n, k)
@@ -62,6 +65,7 @@ class RelabelStage(Stage):
                 f"{cfg.students.epochs} epochs x {n} images, {cfg.relabel.storage} "
                 f"({per} B/label before gzip), {len(chunks)} file(s), ~{human_bytes(total)}"
             ),
+            **safely(relabel_cost, cfg, n, chunks, round(total / 1e9, 3)),
         }
 
     def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:

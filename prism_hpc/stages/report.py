@@ -18,7 +18,13 @@ class ReportStage(Stage):
         return [Item(self.name, 0, "report", {})]
 
     def estimate(self, cfg: Config) -> dict:
-        return {"note": "diversity features of the distilled set and its real reference, report"}
+        from prism_hpc.stages.costing import report_cost, safely
+        from prism_hpc.stages.recover import distilled_size
+
+        return {
+            "note": "diversity features of the distilled set and its real reference, report",
+            **safely(report_cost, cfg, distilled_size(cfg)),
+        }
 
     def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
         if not env.is_main:

@@ -23,7 +23,14 @@ class SqueezeStage(Stage):
         return Path(run_dir) / "teachers" / f"{item.key}.done"
 
     def estimate(self, cfg: Config) -> dict:
-        return {"note": f"{len(self.items(cfg))} teacher(s), {cfg.squeeze.epochs} epoch(s) each"}
+        from prism_hpc.stages.costing import safely, squeeze_cost
+
+        names = [i.payload["teacher"] for i in self.items(cfg)]
+        steps = f"max {cfg.squeeze.max_steps} steps" if cfg.squeeze.max_steps else (
+            f"{cfg.squeeze.epochs} epoch(s)"
+        )  # fmt: skip
+        cost = safely(squeeze_cost, cfg, names) if names else {}
+        return {"note": f"{len(names)} teacher(s), {steps} each", **cost}
 
     def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
         from prism_hpc.models.squeeze import train_teacher  # torch only inside tasks

@@ -42,10 +42,13 @@ class TrainStage(Stage):
     def estimate(self, cfg: Config) -> dict:
         n = distilled_size(cfg)
         steps = cfg.students.epochs * -(-n // cfg.students.batch_size)
+        from prism_hpc.stages.costing import safely, train_cost
+
         return {
             "students": len(self.items(cfg)),
             "steps_per_student": steps,
             "note": f"{len(self.items(cfg))} student(s) x {cfg.students.epochs} epochs",
+            **safely(train_cost, cfg, n),
         }
 
     @staticmethod

@@ -1,0 +1,85 @@
+"""Measured throughputs that `plan` prefers over the device table.
+
+`prism-hpc bench recover --calibrate` writes one entry per (device, kind of work): the FLOP/s a
+real step sustained on this machine, with the threads and set-up it was measured with. The
+file lives in the user cache (`$PRISM_HPC_CALIBRATION`, else
+`$XDG_CACHE_HOME/prism-hpc/calibration.json`, else `~/.cache/prism-hpc/calibration.json`),
+because it describes a machine, not an experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prism_hpc.cost.devices import KINDS, device
+from prism_hpc.errors import UserError
+from prism_hpc.store.atomic import atomic_write_text
+
+VERSION = 1
+
+
+def default_path() -> Path:
+    env = os.environ.get("PRISM_HPC_CALIBRATION")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "prism-hpc" / "calibration.json"
+
+
+def read_calibration(path: Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """{device: {kind: entry}}; a missing file is an empty calibration, a broken one an error
+    (silently pricing with the table after a user calibrated would be worse)."""
+    path = Path(path) if path is not None else default_path()
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        entries = data["entries"]
+        if data.get("version") != VERSION or not isinstance(entries, dict):
+            raise ValueError("unexpected layout")
+        for dev, kinds in entries.items():
+            device(dev)
+            for kind, entry in kinds.items():
+                rates = [entry.get("flop_per_s") or 1.0, *(entry.get("archs") or {}).values()]
+                if kind not in KINDS or min(float(r) for r in rates) <= 0:
+                    raise ValueError(f"bad entry {dev}/{kind}")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"calibration file {path}: {err} (delete it or re-run bench --calibrate)")
+    return entries
+
+
+def write_entry(
+    dev: str, kind: str, flop_per_s: float, threads: int | None, setup: str,
+    path: Path | None = None, precision: str = "fp32", archs: dict[str, float] | None = None,
+) -> Path:  # fmt: skip
+    """Add or replace one (device, kind) entry, keeping the others. `archs`: FLOP/s per
+    architecture key (`models.flops.arch_key`), preferred over the kind's `flop_per_s`
+    because depthwise networks sustain a few times fewer FLOP/s than ResNets."""
+    if kind not in KINDS:
+        raise UserError(f"calibration kind {kind!r}: expected one of {', '.join(KINDS)}")
+    path = Path(path) if path is not None else default_path()
+    entries = read_calibration(path)
+    entries.setdefault(device(dev).name, {})[kind] = {
+        "flop_per_s": float(flop_per_s) or None,  # 0: only per-architecture rates
+        "archs": {k: float(v) for k, v in (archs or {}).items()},
+        "threads": threads,
+        "precision": precision,
+        "setup": setup,
+        "host": socket.gethostname(),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"version": VERSION, "entries": entries}, indent=1) + "\n")
+    return path
+
+
+def lookup(
+    entries: dict[str, dict[str, dict[str, Any]]], dev: str, kind: str
+) -> dict[str, Any] | None:
+    """The entry for (device, kind), or None (then the table prices it)."""
+    return (entries.get(dev) or {}).get(kind)
