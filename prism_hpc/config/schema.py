@@ -194,16 +194,25 @@ class RelabelConfig(Strict):
 
 
 class StudentsConfig(Strict):
+    """Batch semantics (independent of the GPU count): `batch_size` is the optimizer-step batch
+    over all ranks (= the relabel plan batch); it is cut into `grad_accum` micro-batches, and a
+    micro-batch (batch_size / grad_accum images) is what BatchNorm normalises together; DDP
+    splits each micro-batch over the ranks, so with `sync_bn` any world size equals one GPU.
+    Official recipe: batch_size 50, grad_accum 2 (BN batch 25) on one GPU."""
+
     archs: list[str] = Field(default_factory=lambda: ["resnet18"])
     seeds: list[int] = Field(default_factory=lambda: [0])
     epochs: int = Field(300, ge=1)
     batch_size: int = Field(50, ge=1)
     grad_accum: int = Field(1, ge=1)
+    # DDP: BatchNorm statistics over the whole micro-batch across ranks (else each GPU's BN
+    # sees batch_size / grad_accum / world_size images)
+    sync_bn: bool = True
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     momentum: float = Field(0.9, ge=0)
-    loss: Literal["mse_gt", "kl", "soft_ce", "ce"] = "mse_gt"
+    loss: Literal["mse_gt", "mae_gt", "kl", "soft_ce", "ce"] = "mse_gt"  # mae_gt: Table 3a
     ce_weight: float = Field(0.1, ge=0)
     temperature: float = Field(1.0, gt=0)
     schedule: Literal["cosine", "ssrs", "ssrs_continuous"] = "ssrs"
@@ -220,6 +229,12 @@ class StudentsConfig(Strict):
     eval_limit: int | None = Field(None, ge=1)  # evaluate on the first N test images (quick runs)
     eval_workers: int = Field(4, ge=0)  # DataLoader workers for ImageFolder validation
     cpu_threads: int | None = Field(None, ge=1)  # fixed intra-op threads on CPU (determinism)
+    # auto: bf16 autocast on GPU when `amp`, fp32 on CPU; bf16: autocast also on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool | None = None  # None: on GPU only (CPU default keeps results bitwise)
+    workers: int = Field(1, ge=0)  # DataLoader workers building step batches (0: in-process)
+    prefetch: int = Field(4, ge=1)  # step batches each worker prepares ahead
+    log_every: int = Field(100, ge=1)  # steps between progress lines (the only host syncs)
 
 
 class MetricsConfig(Strict):

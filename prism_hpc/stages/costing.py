@@ -286,7 +286,8 @@ def train_cost(cfg: Config, n_images: int) -> dict[str, Any]:
     _, test, size_note = data_sizes(cfg)
     res = cfg.resources.for_stage("train")
     gpu = bool(res.gpus_per_node)
-    half = st.precision == "bf16" or (st.precision == "auto" and gpu and st.amp)
+    precision = getattr(st, "precision", "auto")  # students.precision: newer configs only
+    half = precision == "bf16" or (precision == "auto" and gpu and st.amp)
     threads = st.cpu_threads or _local_threads(cfg, res)
     prec = "bf16" if half else "fp32"
     price, res, note = pricing(cfg, "train", "train", prec, threads)

@@ -23,6 +23,8 @@ from prism_hpc.store.atomic import atomic_write_text
 CKPT_NAME = "ckpt.pt"
 METRICS_NAME = "metrics.json"
 DONE_NAME = ".done"
+PROGRESS_NAME = "progress.json"  # a student's epoch/loss/ETA, read by `status` (no torch)
+EVAL_NAME = "eval.json"  # a checkpoint evaluated without training (the evaluation array)
 
 RUN_DIR_MODE = 0o750  # shared clusters: not world-readable/writable
 PACKAGES = ("prism-hpc", "torch", "torchvision", "timm", "submitit", "h5py", "numpy", "pydantic")
