@@ -130,6 +130,21 @@ def test_summarise_hours_and_time_limit_warnings():
     assert "exceeds the rtx4090's 24 GB" in big["warnings"][0]
 
 
+def test_parallel_tasks_per_backend():
+    cfg = _cfg(IN1K, "backend=slurm", "resources.recover.array_parallelism=100",
+               "resources.recover.max_array_size=1000")  # fmt: skip
+    res = cfg.resources.for_stage("recover")
+    assert costing.slots(cfg, res, 2500) == 300  # three arrays, %100 each
+    assert costing.slots(cfg, res, 50) == 50
+    cfg = _cfg(IN1K, "backend=debug")
+    assert costing.slots(cfg, cfg.resources.for_stage("recover"), 50) == 1
+    est = costing.recover_cost(_cfg(IN1K, "backend=slurm", "resources.recover.array_parallelism=5"),
+                               {s: 1000 for s in range(50)}, 7.5)  # fmt: skip
+    assert est["parallel_tasks"] == 5
+    total = est["gpu_hours"]  # one GPU per task: GPU-hours = task-hours
+    assert total / 5 <= est["wall_hours"] <= total / 5 + est["task_hours_max"]  # list scheduling
+
+
 def test_pool_member_probabilities_by_hand():
     assert costing.pool_member_prob(4, None, "include_prob", 0.5) == pytest.approx(0.5)
     # k_max 1: a member is kept when at least one coin came up, 1 in the drawn ones

@@ -82,13 +82,18 @@ def _backend(cfg: Config) -> str:
 
 
 def slots(cfg: Config, res: StageResources, n_tasks: int) -> int:
-    """Tasks of one stage that run at once: SLURM's `array_parallelism` (unset: all of them;
-    the queue decides), the local backend's capped `concurrency`, one in debug mode."""
+    """Tasks of one stage that run at once: on SLURM `array_parallelism` per array (the stage
+    has one array per `max_array_size` tasks; unset: all of them, the queue decides), the
+    local backend's capped `concurrency`, one in debug mode."""
     backend = _backend(cfg)
     if backend == "debug":
         return 1
     if backend == "slurm":
-        return res.array_parallelism or max(1, n_tasks)
+        # one array per max_array_size tasks (hpc.plan.split), each capped at `%parallelism`
+        size = res.max_array_size or 1001
+        par = res.array_parallelism
+        sizes = [min(size, n_tasks - a) for a in range(0, n_tasks, size)]
+        return max(1, sum(min(k, par) if par else k for k in sizes))
     ranks = res.tasks_per_node or 1
     if res.gpus_per_node:
         return max(1, res.concurrency or 1)
