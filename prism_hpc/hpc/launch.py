@@ -56,7 +56,8 @@ def print_outputs(rd: RunDir) -> None:
 # estimate keys shown as columns (the rest of an estimate goes into the note column)
 COST_KEYS = ("device", "throughput", "gpu_hours", "cpu_hours", "wall_hours", "task_hours_max",
              "time_limit_min", "parallel_tasks", "storage_gb", "peak_mem_gb", "warnings",
-             "cost_note", "peak_mem_gb_joint", "peak_mem_gb_sequential")  # fmt: skip
+             "cost_note", "peak_mem_gb_joint", "peak_mem_gb_sequential", "wall_s",
+             "backend")  # fmt: skip
 TOTAL_KEYS = ("gpu_hours", "cpu_hours", "wall_hours", "storage_gb")
 
 
@@ -139,9 +140,11 @@ def _print_plan(cfg: Config, plans: list[StagePlan]) -> None:
     table.add_row("total", "", "", "", "", "", _num(t["gpu_hours"]), _num(t["wall_hours"]), "",
                   _num(t["storage_gb"], 3), _num(t["peak_mem_gb"]), "")  # fmt: skip
     Console(width=200).print(table)
+    backends = {p.estimate["backend"] for p in plans if "backend" in p.estimate}
     print(
         f"total: {t['gpu_hours']:.2f} GPU-hours, {t['cpu_hours']:.2f} CPU-hours, "
         f"{t['wall_hours']:.2f} h wall (stages in sequence), {t['storage_gb']:.2f} GB written"
+        + (f"; parallelism of the {', '.join(sorted(backends))} backend" if backends else "")
     )
     for n in notes:
         print(f"note: {n}")
