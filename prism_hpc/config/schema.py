@@ -274,8 +274,8 @@ class StageResources(Strict):
     # Warning signal SIG@SECONDS before the time limit (sbatch --signal; the delay is capped at
     # a fifth of time_min). Checkpointable stages (training) requeue on it and resume.
     signal: str | None = None
-    # device kind for `plan`'s cost estimate (DEVICE_NAMES); None: cpu without GPUs, else the
-    # estimate assumes a100-80 and says so
+    # device kind `plan` prices the stage on (DEVICE_NAMES); None: cpu without GPUs, else the
+    # estimate assumes a100-80 and says so. Requests nothing from SLURM (use constraint/gres).
     gpu: str | None = None
 
     @field_validator("gpu")
