@@ -6,11 +6,11 @@ compare the result bit-for-bit with an uninterrupted reference run.
 One uninterrupted reference run measures each stage's window (from the end of the previous
 stage's last item to the end of its own, read from the `[stage] k/n done` progress lines).
 Trial t aims at stage STAGES[t % len(STAGES)] and a uniform offset inside that window, drawn
-from (seed, t). That point is re-expressed as "d seconds after item X reported done" (X the
-last item the reference had finished by then; process start for the first), and the trial
-waits for X in its own run before counting d, so a stage that takes 30 ms in the reference is
-still hit on a loaded machine where absolute times drift by seconds. The stage actually
-killed in is then read from the markers, not assumed.
+from (seed, t). That point is re-expressed as "d seconds after output line X" (X the last
+line the reference had printed by then, with timings and paths blanked; process start before
+the first), and the trial waits for X in its own run before counting d, so a stage that takes
+30 ms in the reference is still hit on a loaded machine where absolute times drift by seconds.
+The stage actually killed in is then read from the markers, not assumed.
 
 Per trial the submit runs in its own session; the whole process group gets SIGKILL. Every
 `*.done` marker present at the kill is recorded with the size and sha256 of the files it
@@ -45,6 +45,16 @@ REPO = HERE.parent.parent
 CONFIG = HERE / "tiny.yaml"
 STAGES = ("squeeze", "recover", "collect", "relabel", "train", "report")
 DONE_LINE = re.compile(r"^\[(\w+)\] (\d+)/(\d+) (?:already )?done")
+PROGRESS_LINE = re.compile(r"^\[\w+\] \d+/\d+ \|")  # throttled by wall time: not an anchor
+TIMING = re.compile(r"\d+(?:\.\d+)? ?(?:s|[KMG]?B)\b")  # "0.7 s", "21.7 KB": differ run to run
+
+
+def line_key(line: str, run_dir: Path) -> str:
+    """A line with what differs between runs (the run's path, timings, sizes) blanked, so the
+    same moment of two runs has the same key."""
+    return TIMING.sub("#", line.replace(str(run_dir), "RUN"))
+
+
 TIMING_KEYS = ("seconds", "time", "wall", "elapsed")  # metrics fields that differ run to run
 REPORT_OUTPUTS = ("report.md", "report.json", "diversity.json", "diversity_features.npz")
 
@@ -78,8 +88,9 @@ class Watched:
     """A prism-hpc process in its own session whose output lines are timestamped as they
     arrive; `stage_end[s]` is when stage s reported its last item done."""
 
-    def __init__(self, launch: Launch, args: list[str], log: Path):
+    def __init__(self, launch: Launch, args: list[str], log: Path, run_dir: Path):
         self.start = time.monotonic()
+        self.run_dir = run_dir
         self.proc = subprocess.Popen(
             launch.cmd + args, env=launch.env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=REPO,
@@ -87,6 +98,7 @@ class Watched:
         self.lines: list[tuple[float, str]] = []
         self.stage_end: dict[str, float] = {}
         self.item_end: dict[tuple[str, int], float] = {}  # ("recover", 2): 2nd item done
+        self.events: dict[tuple[str, int], float] = {}  # (line key, occurrence) -> time
         self.changed = threading.Condition()
         self._log = open(log, "w")  # noqa: SIM115 (closed by the reader thread)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -100,6 +112,10 @@ class Watched:
             self._log.write(f"{now:8.3f} {line}\n")
             with self.changed:
                 self.lines.append((now, line))
+                if not PROGRESS_LINE.match(line):
+                    key = line_key(line, self.run_dir)
+                    seen = sum(1 for k, _ in self.events if k == key)
+                    self.events[(key, seen)] = now
                 match = DONE_LINE.match(line)
                 if match:
                     stage, k, n = match.group(1), int(match.group(2)), int(match.group(3))
@@ -112,16 +128,16 @@ class Watched:
             self.changed.notify_all()
 
     def wait_for(self, event: tuple[str, int] | None) -> float | None:
-        """Seconds since start when item `event` reported done (0 for None: the start); None
-        if the process ended first."""
+        """Seconds since start when output line `event` (key, occurrence) appeared (0 for
+        None: the start); None if the process ended first."""
         if event is None:
             return 0.0
         with self.changed:
-            while event not in self.item_end:
+            while event not in self.events:
                 if not self._reader.is_alive():
                     return None
                 self.changed.wait(0.05)
-            return self.item_end[event]
+            return self.events[event]
 
     def kill_group(self) -> bool:
         """SIGKILL the whole process group; False when the run had already exited."""
@@ -148,7 +164,7 @@ def submit(launch: Launch, run_dir: Path, config: Path | None, log: Path) -> Wat
         args = ["submit", str(config), "--run-dir", str(run_dir), "--backend", "local"]
     else:
         args = ["submit", "--resume", str(run_dir), "--backend", "local"]
-    return Watched(launch, args, log)
+    return Watched(launch, args, log, run_dir)
 
 
 # ---------------------------------------------------------------- markers and their files
@@ -363,11 +379,11 @@ class Reference:
     seconds: float
     windows: dict[str, tuple[float, float]]  # stage -> (start, end), s since process start
     counts: dict[str, int]  # stage -> markers at the end
-    events: list[tuple[tuple[str, int], float]]  # every item's done line, in order, with time
+    events: list[tuple[tuple[str, int], float]]  # every anchor line, in order, with time
 
     def anchor(self, stage: str, offset: float) -> tuple[tuple[str, int] | None, float]:
-        """The point `offset` s into `stage`'s window, as (last item done before it, seconds
-        after that item): a trial waits for that item in its own run, then for the rest."""
+        """The point `offset` s into `stage`'s window, as (last output line before it, seconds
+        after that line): a trial waits for that line in its own run, then for the rest."""
         at = self.windows[stage][0] + offset
         previous: tuple[str, int] | None = None
         start = 0.0
@@ -393,7 +409,7 @@ def run_reference(launch: Launch, config: Path, work: Path) -> Reference:
     for rel in snapshot(run):
         counts[stage_of(Path(rel))] = counts.get(stage_of(Path(rel)), 0) + 1
     seconds = watched.lines[-1][0] if watched.lines else 0.0
-    events = sorted(watched.item_end.items(), key=lambda e: e[1])
+    events = sorted(watched.events.items(), key=lambda e: e[1])
     return Reference(run, seconds, windows, counts, events)
 
 
