@@ -51,10 +51,17 @@ class Device:
     step_overhead_s: float  # per optimiser step / iteration: launches, Python, the Adam update
     task_overhead_s: float  # per task: imports, CUDA/data start-up, loading the models
     context_gb: float  # memory a process holds before any tensor (CUDA context, workspaces)
+    # sustained share of the peak per kind of work, and of the memory bandwidth (one shared
+    # assumption unless a row overrides it; see the module doc)
+    efficiency: tuple[tuple[str, float], ...] = tuple(COMPUTE_EFFICIENCY.items())
+    memory_efficiency: float = MEMORY_EFFICIENCY
 
     @property
     def is_gpu(self) -> bool:
         return self.name != "cpu"
+
+    def sustained(self, kind: str) -> float:
+        return dict(self.efficiency)[kind]
 
     def peak(self, precision: str) -> float:
         """Peak FLOP/s that convolutions in `precision` can use."""

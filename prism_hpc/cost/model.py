@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prism_hpc.cost.devices import (
-    COMPUTE_EFFICIENCY,
     DEFAULT_GPU,
-    MEMORY_EFFICIENCY,
     Device,
     device,
 )
@@ -74,8 +72,8 @@ class Pricing:
             if not d.is_gpu:
                 rate *= scale / max(1, cal.get("threads") or 1)
             return work.flops / float(rate)
-        compute = work.flops / (d.peak(self.precision) * COMPUTE_EFFICIENCY[self.kind] * scale)
-        memory = work.traffic_bytes / (d.mem_bw * MEMORY_EFFICIENCY * scale)
+        compute = work.flops / (d.peak(self.precision) * d.sustained(self.kind) * scale)
+        memory = work.traffic_bytes / (d.mem_bw * d.memory_efficiency * scale)
         return compute + memory + work.steps * d.step_overhead_s
 
 
