@@ -29,7 +29,8 @@ class SqueezeStage(Stage):
         steps = f"max {cfg.squeeze.max_steps} steps" if cfg.squeeze.max_steps else (
             f"{cfg.squeeze.epochs} epoch(s)"
         )  # fmt: skip
-        cost = safely(squeeze_cost, cfg, names) if names else {}
+        none = {"gpu_hours": 0.0, "cpu_hours": 0.0, "wall_hours": 0.0}  # pretrained teachers
+        cost = safely(squeeze_cost, cfg, names) if names else none
         return {"note": f"{len(names)} teacher(s), {steps} each", **cost}
 
     def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
