@@ -14,7 +14,13 @@
 #   sbatch --array=0-8 --gpus-per-node=4 --ntasks-per-node=4 --time=600 \
 #          slurm/eval_array.sh runs/in1k_ipc50/<stamp>
 #
-# (one SLURM task per GPU: --ntasks-per-node = --gpus-per-node). Array index i is item i of the
+# (one SLURM task per GPU: --ntasks-per-node = --gpus-per-node; the shipped ImageNet configs
+# train each student on one GPU). Evaluate saved checkpoints without training (EMA weights
+# when present; writes students/<arch>/seed<k>/eval.json):
+#
+#   sbatch --array=0-8 --gpus-per-node=1 slurm/eval_array.sh runs/in1k_ipc50/<stamp> eval
+#
+# Array index i is item i of the
 # run's `train` stage, i.e. one (architecture, seed) pair in the order of plan.json
 # (`prism-hpc plan CONFIG` prints them); finished items (valid .done marker) exit at once, so
 # re-submitting the whole range is safe. Set PRISM_PYTHON to the environment's python if
@@ -31,7 +37,7 @@
 #SBATCH --open-mode=append
 #SBATCH --output=prism-eval_%A_%a.log
 set -euo pipefail
-RUN_DIR=${1:?usage: sbatch --array=0-N slurm/eval_array.sh RUN_DIR}
+RUN_DIR=${1:?usage: sbatch --array=0-N slurm/eval_array.sh RUN_DIR [eval]}
 INDEX=${SLURM_ARRAY_TASK_ID:?submit this script with sbatch --array=...}
 export HDF5_USE_FILE_LOCKING=FALSE PYTHONUNBUFFERED=1
 PY=${PRISM_PYTHON:-python}
@@ -47,6 +53,9 @@ prism_requeue() {
 }
 trap prism_requeue USR2 USR1
 # in the background, so that the trap runs at once instead of after the step
+if [ "${2:-}" = eval ]; then
+  exec "$PY" -m prism_hpc.train.eval_array "$RUN_DIR" "$INDEX"
+fi
 srun --unbuffered "$PY" -m prism_hpc.hpc.task "$RUN_DIR" train "$INDEX" &
 STEP=$!
 rc=0

@@ -242,14 +242,16 @@ def _ddp_worker(rank, world, port, cfg_dict, run_dir, out):
 
 
 def test_ddp_two_ranks_matches_grad_accumulation(tmp_path):
-    """2 gloo ranks, each half of every batch == 1 process with 2 micro-batches (weights)."""
+    """2 gloo ranks without sync BN, each half of every batch == 1 process with 2
+    micro-batches (weights); online labels: the ensemble's norms are all-reduced."""
     import torch.multiprocessing as mp
 
     from prism_hpc.hpc.distributed import free_port
 
     # SGD, not Adam: Adam hides a wrong loss scale, SGD does not
     extra = {"relabel": {"mode": "online"},
-             "students": {"epochs": 1, "eval_limit": 50, "optimizer": "sgd", "lr": 0.05}}  # fmt: skip
+             "students": {"epochs": 1, "eval_limit": 50, "optimizer": "sgd", "lr": 0.05,
+                          "sync_bn": False}}  # fmt: skip
     _cfg, run_dir = make_run(tmp_path, **extra)
     cfg_dict = _merge(BASE, extra)
     mp.start_processes(_ddp_worker, args=(2, free_port(), cfg_dict, run_dir, tmp_path / "ddp"),

@@ -157,7 +157,10 @@ def render_eval_array(cfg: Config, plan: StagePlan, run_dir: Path) -> str:
         f"# Student training + evaluation (stage {plan.stage.name}) of a prism-hpc run of config",
         f"# {cfg.name!r}, with resources.{plan.stage.name} (GPUs, tasks, time, signal) below:",
         "#",
-        "#   sbatch eval_array.sbatch [RUN_DIR [CHUNK]]",
+        "#   sbatch eval_array.sbatch [RUN_DIR [CHUNK [eval]]]",
+        "#",
+        "# With `eval` (third argument) a task only evaluates the student's saved checkpoint",
+        "# (EMA weights when present) and writes eval.json next to it: no training.",
         "#",
         "# RUN_DIR defaults to the run this was rendered for. Array index i runs item i of array",
         f"# CHUNK (default 0) of the run's plan.json ({chunks} chunk(s) here; with more than one,",
@@ -174,6 +177,12 @@ def render_eval_array(cfg: Config, plan: StagePlan, run_dir: Path) -> str:
         f"STAGE={shlex.quote(plan.stage.name)}",
         'CHUNK="${2:-0}"',
         "# the array index maps to an item through plan.json, never by arithmetic",
+        'if [ "${3:-}" = eval ]; then',
+        (
+            '  exec "${PRISM_PYTHON:-python}" -m prism_hpc.train.eval_array "$RUN_DIR" --array '
+            '"$CHUNK" "$SLURM_ARRAY_TASK_ID"'
+        ),
+        "fi",
     ]
     lines += _run_with_requeue(res, TASK + ' --array "$CHUNK" "$SLURM_ARRAY_TASK_ID"')
     return "\n".join(lines)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from prism_hpc.config.schema import Config
 from prism_hpc.errors import UserError
 
-SOFT_LOSSES = ("mse_gt", "kl", "soft_ce")
+SOFT_LOSSES = ("mse_gt", "mae_gt", "kl", "soft_ce")
 
 
 def check_train_config(cfg: Config) -> None:
@@ -19,3 +19,9 @@ def check_train_config(cfg: Config) -> None:
         )
     if not st.archs or not st.seeds:
         raise UserError("students.archs and students.seeds must not be empty")
+
+
+def student_pairs(cfg: Config) -> list[tuple[str, int]]:
+    """(architecture, seed) of every student, in item order (the train stage and the
+    evaluation array both number students this way)."""
+    return [(a, s) for a in cfg.students.archs for s in cfg.students.seeds]

@@ -46,7 +46,7 @@ class EvalData:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def batches(self):
+    def batches(self, pin: bool = False):
         if self._pixels is not None:
             for start in range(0, len(self), self.batch_size):
                 sl = slice(start, start + self.batch_size)
@@ -55,7 +55,9 @@ class EvalData:
         from torch.utils.data import DataLoader
 
         rows = _SourceRows(self.source, self.indices)
-        loader = DataLoader(rows, batch_size=self.batch_size, num_workers=self.workers)
+        extra = {"prefetch_factor": 4} if self.workers else {}
+        loader = DataLoader(rows, batch_size=self.batch_size, num_workers=self.workers,
+                            pin_memory=pin, **extra)  # fmt: skip
         yield from loader
 
 
@@ -66,30 +68,35 @@ def evaluate(
     mean: torch.Tensor,
     std: torch.Tensor,
     device: torch.device,
-    amp: bool = False,
+    bf16: bool = False,
 ) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (fractions) of `model` on `data`."""
+    """Top-1 / top-5 accuracy (fractions) of `model` on `data` (counts summed on the device:
+    one host sync at the end)."""
     was_training = model.training
     model.eval()
     m, s = mean.to(device).view(1, -1, 1, 1), std.to(device).view(1, -1, 1, 1)
-    correct1 = correct5 = total = 0
-    autocast = amp_context(device, amp)
-    for x, y in data.batches():
-        x, y = ((x.to(device).float() - m) / s), y.to(device)
-        with autocast:
+    counts = torch.zeros(2, dtype=torch.int64, device=device)
+    total = 0
+    nb = device.type == "cuda"
+    cl = next(model.parameters()).is_contiguous(memory_format=torch.channels_last)
+    for x, y in data.batches(pin=nb):
+        x, y = ((x.to(device, non_blocking=nb).float() - m) / s), y.to(device, non_blocking=nb)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with bf16_autocast(device, bf16):
             out = model(x).float()
         k = min(5, out.shape[1])
         top = out.topk(k, dim=1).indices
         hit = top == y.view(-1, 1)
-        correct1 += int(hit[:, 0].sum())
-        correct5 += int(hit.any(1).sum())
+        counts += torch.stack([hit[:, 0].sum(), hit.any(1).sum()])
         total += len(y)
     model.train(was_training)
+    correct1, correct5 = (int(v) for v in counts.tolist())
     return {"top1": correct1 / max(total, 1), "top5": correct5 / max(total, 1)}
 
 
-def amp_context(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when asked for; a no-op elsewhere."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def bf16_autocast(device: torch.device, on: bool):
+    """bf16 autocast on the device's type (CUDA or CPU) when `on`; a no-op otherwise."""
+    if on:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -46,6 +46,19 @@ def mse_gt(
     return F.mse_loss(s, t.float()) + ce_weight * ce(s, y, y_b, lam)
 
 
+def mae_gt(
+    s: torch.Tensor,
+    t: torch.Tensor,
+    y: torch.Tensor,
+    ce_weight: float = 0.1,
+    y_b: torch.Tensor | None = None,
+    lam: float = 1.0,
+) -> torch.Tensor:
+    """mean(|s - t|) over all elements + ce_weight * CE(s, y): the MAE row of the paper's
+    Table 3a (28.97 % at GT 0.05 vs MSE 28.07 %; 23.85 % vs 29.53 % at GT 0.1)."""
+    return F.l1_loss(s, t.float()) + ce_weight * ce(s, y, y_b, lam)
+
+
 def student_loss(
     name: str,
     s: torch.Tensor,
@@ -64,6 +77,8 @@ def student_loss(
         raise ValueError(f"loss {name!r} needs soft labels")
     if name == "mse_gt":
         return mse_gt(s, t, y, ce_weight, y_b, lam)
+    if name == "mae_gt":
+        return mae_gt(s, t, y, ce_weight, y_b, lam)
     if name == "kl":
         return kl(s, t, temperature)
     if name == "soft_ce":

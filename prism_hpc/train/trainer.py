@@ -26,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -35,17 +34,23 @@ from prism_hpc.config.schema import Config
 from prism_hpc.data.sources import num_classes_of
 from prism_hpc.errors import UserError
 from prism_hpc.models.registry import create_model
-from prism_hpc.relabel.augment import build_batch, plan_from_config
 from prism_hpc.seeding import derive_seed
 from prism_hpc.store.atomic import atomic_path, atomic_write_text
 from prism_hpc.store.distilled import DistilledSet
-from prism_hpc.store.rundir import CKPT_NAME, METRICS_NAME, student_dir
-from prism_hpc.store.softlabels import SoftLabelReader
+from prism_hpc.store.rundir import (
+    CKPT_NAME,
+    EVAL_NAME,
+    METRICS_NAME,
+    PROGRESS_NAME,
+    student_dir,
+)
 from prism_hpc.train.checks import check_train_config
+from prism_hpc.train.data import StepBatches, step_loader
 from prism_hpc.train.ema import ModelEMA
-from prism_hpc.train.evaluate import EvalData, amp_context, evaluate
+from prism_hpc.train.evaluate import EvalData, bf16_autocast, evaluate
 from prism_hpc.train.losses import student_loss
 from prism_hpc.train.schedules import lr_factor
+from prism_hpc.train.syncbn import convert_sync_bn
 
 _STOP = threading.Event()
 
@@ -100,10 +105,6 @@ def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=st.lr)
 
 
-def _split(n: int, parts: int) -> list[np.ndarray]:
-    return [p for p in np.array_split(np.arange(n), max(1, min(parts, n))) if len(p)]
-
-
 def _stop_requested(world_size: int, device: torch.device) -> bool:
     """Local stop flag, agreed on by all ranks (a rank alone must not leave the others)."""
     flag = _STOP.is_set()
@@ -126,6 +127,121 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+# --------------------------------------------------------------------------- progress
+class ProgressLog:
+    """Progress lines for the task log (epoch, step, loss, lr, images/s, ETA) every
+    `students.log_every` steps and at each epoch end, and `progress.json` next to the
+    checkpoint (rank 0), which `prism-hpc status` reads without importing torch."""
+
+    def __init__(self, out_dir: Path, arch: str, seed: int, epochs: int, steps: int,
+                 batch_size: int, log: Callable[[str], None], is_main: bool):  # fmt: skip
+        self.path = Path(out_dir) / PROGRESS_NAME
+        self.name, self.epochs, self.steps = f"train {arch} seed {seed}", epochs, steps
+        self.batch_size, self.log, self.is_main = batch_size, log, is_main
+        self.t0, self.done_steps, self.images = time.time(), 0, 0
+
+    def step(self, images: int) -> None:
+        self.done_steps += 1
+        self.images += images
+
+    def rate(self) -> float:
+        return self.images / max(time.time() - self.t0, 1e-9)
+
+    def eta_s(self, epoch: int, step: int) -> float:
+        left = (self.epochs - epoch) * self.steps - step
+        per_step = (time.time() - self.t0) / max(self.done_steps, 1)
+        return max(left, 0) * per_step
+
+    def report(self, epoch: int, step: int, loss: float, lr: float, state: str = "running",
+               extra: str = "") -> None:  # fmt: skip
+        """`epoch` counts finished epochs when `step == 0` (the end of an epoch)."""
+        if not self.is_main:
+            return
+        rate, eta = self.rate(), self.eta_s(epoch, step)
+        where = f"epoch {epoch}/{self.epochs}" + (f" step {step}/{self.steps}" if step else "")
+        self.log(f"{self.name}: {where} loss {loss:.4f} lr {lr:.3g} {rate:.1f} img/s "
+                 f"ETA {_hms(eta)}{extra}")  # fmt: skip
+        info = {"epoch": epoch + (step / self.steps if step else 0.0), "epochs": self.epochs,
+                "step": step, "steps": self.steps, "loss": round(loss, 6), "lr": lr,
+                "images_per_s": round(rate, 2), "eta_s": round(eta, 1), "state": state,
+                "updated": round(time.time(), 1)}  # fmt: skip
+        atomic_write_text(self.path, json.dumps(info) + "\n")
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def use_bf16(cfg: Config, device: torch.device) -> bool:
+    """`students.precision`: auto = bf16 on GPU when `amp` (fp32 on CPU), else as named."""
+    p = cfg.students.precision
+    if p == "auto":
+        return bool(cfg.students.amp) and device.type == "cuda"
+    return p == "bf16"
+
+
+def use_channels_last(cfg: Config, device: torch.device) -> bool:
+    cl = cfg.students.channels_last
+    return device.type == "cuda" if cl is None else bool(cl)
+
+
+# --------------------------------------------------------------------------- one step
+def train_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, Any],
+    cfg: Config,
+    device: torch.device,
+    world_size: int = 1,
+    soft: torch.Tensor | None = None,
+    bf16: bool = False,
+    channels_last: bool = False,
+    before_step: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Forward/backward this rank's micro-batch pieces of one step, then the optimizer step.
+
+    Each piece's loss is weighted by its share of the step batch (times the world size: DDP
+    averages over ranks), so the gradient is that of the step-batch mean whatever the split.
+    Returns the sum over pieces of (piece loss * piece size) as a float64 device tensor (no
+    host sync).
+    """
+    st = cfg.students
+    x = batch["x"]
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y, lam, n = batch["y"], batch["lam"], batch["n"]
+    y_b = batch["y_b"] if st.ce_target == "mixed" else None
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    optimizer.zero_grad(set_to_none=True)
+    sizes, offset = batch["sizes"], 0
+    for j, size in enumerate(sizes):
+        part = slice(offset, offset + size)
+        offset += size
+        last = j == len(sizes) - 1
+        ctx = net.no_sync() if world_size > 1 and not last else contextlib.nullcontext()
+        with ctx:
+            with bf16_autocast(device, bf16):
+                out = net(x[part]).float()
+            loss = student_loss(
+                st.loss, out, soft[part] if soft is not None else None, y[part],
+                temperature=st.temperature, ce_weight=st.ce_weight,
+                y_b=y_b[part] if y_b is not None else None, lam=lam,
+            )  # fmt: skip
+            (loss * (size / n) * world_size).backward()
+        total += loss.detach().double() * size
+    if before_step is not None:
+        before_step()  # tests: the step's gradients, all ranks reduced
+    optimizer.step()
+    return total
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
+            for k, v in batch.items()}  # fmt: skip
+
+
 # --------------------------------------------------------------------------- training
 def train_student(
     cfg: Config,
@@ -140,11 +256,14 @@ def train_student(
     progress: Callable[[dict[str, Any]], None] | None = None,
     stop_after_epoch: int | None = None,
     eval_data: EvalData | None = None,
+    step_hook: Callable[[int, int, nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) one student; returns the metrics dict that rank 0 writes.
 
     `stop_after_epoch` (tests): raise StopTraining after that many epochs, like a kill.
-    With `world_size > 1` the process group must already be initialised (DDP).
+    `step_hook(epoch, batch, model)` (tests) sees each step's reduced gradients just before
+    the optimizer step. With `world_size > 1` the process group must
+    already be initialised (DDP).
     """
     check_train_config(cfg)
     st, mode = cfg.students, cfg.relabel.mode
@@ -168,17 +287,19 @@ def train_student(
         )
     mean = torch.tensor(distilled.mean, dtype=torch.float32)
     std = torch.tensor(distilled.std, dtype=torch.float32)
-    reader = SoftLabelReader(cfg, run_dir, distilled) if mode == "offline" else None
-    labels = torch.from_numpy(distilled.labels)
     ensemble = None
     if mode == "online":
         from prism_hpc.relabel.ensemble import load_ensemble
 
         ensemble = load_ensemble(cfg, run_dir, device)
+    bf16, channels_last = use_bf16(cfg, device), use_channels_last(cfg, device)
 
     torch.manual_seed(derive_seed(cfg.seed, "train-init", arch, seed))
-    model = build_student(cfg, arch, num_classes).to(device)
-    if device.type == "cuda":
+    model = build_student(cfg, arch, num_classes)
+    if world_size > 1 and st.sync_bn:
+        model = convert_sync_bn(model, device)
+    model = model.to(device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
     ema = ModelEMA(model, st.ema) if st.ema else None
@@ -206,6 +327,10 @@ def train_student(
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+        if not st.sync_bn and is_main:
+            per = st.batch_size / st.grad_accum / world_size
+            log(f"train {arch} seed {seed}: sync_bn off, each rank's BatchNorm sees ~{per:.0f} "
+                f"images (one GPU: {st.batch_size / st.grad_accum:.0f})")  # fmt: skip
     if eval_data is None and is_main:
         eval_data = EvalData(cfg, st.eval_limit, run_dir)
 
@@ -216,8 +341,16 @@ def train_student(
             dist.all_reduce(sq)
             return sq
 
-    autocast = amp_context(device, st.amp)
     epochs = st.epochs
+    data = StepBatches(cfg, run_dir, distilled, start_epoch, rank, world_size)
+    steps = data.num_batches
+    batches = iter(step_loader(data, st.workers, st.prefetch, device.type == "cuda"))
+    prog = ProgressLog(out_dir, arch, seed, epochs, steps, st.batch_size, log, is_main)
+    if is_main:
+        log(f"train {arch} seed {seed}: {epochs} epochs x {steps} steps of {st.batch_size} "
+            f"images ({st.grad_accum} micro-batch(es), {world_size} rank(s), sync_bn "
+            f"{st.sync_bn and world_size > 1}, {'bf16' if bf16 else 'fp32'}"
+            f"{', channels_last' if channels_last else ''}, {st.workers} loader worker(s))")  # fmt: skip
     try:
         for epoch in range(start_epoch, epochs):
             if _stop_requested(world_size, device):
@@ -227,72 +360,45 @@ def train_student(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             torch.manual_seed(derive_seed(cfg.seed, "train-epoch", arch, seed, epoch))
-            if reader is not None:
-                stored = reader.epoch(epoch)
-                plan = stored.plan
-            else:
-                stored = None
-                plan = plan_from_config(
-                    cfg, epoch, len(distilled), distilled.height, distilled.width
-                )
             net.train()
-            loss_sum, seen = 0.0, 0
-            for b in range(plan.num_batches):
-                sl = plan.batch_slice(b)
-                rows = plan.order[sl]
-                n = len(rows)
-                if n < world_size:
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            seen = 0
+            for b in range(steps):
+                batch = next(batches)
+                if batch["epoch"] != epoch or batch["batch"] != b:  # the loader is ordered
+                    raise RuntimeError(f"loader out of step: {batch['epoch']}/{batch['batch']}")
+                if batch["skip"]:
                     continue  # a last batch smaller than the world: every rank skips it
-                pixels = distilled.images(rows).to(device)
-                x, perm, lam = build_batch(pixels, plan, b, mean, std)
-                y = labels[rows].to(device)
-                y_b = y[perm] if st.ce_target == "mixed" else None
-                shard = np.array_split(np.arange(n), world_size)[rank]
-                soft = None
-                if stored is not None:
-                    soft = stored.soft_labels(b).to(device)[shard]
-                elif ensemble is not None:  # fp32, like the offline labels
-                    soft = ensemble(x[shard], sq_reduce).float()
-                x, y = x[shard], y[shard]
-                y_b = y_b[shard] if y_b is not None else None
-                micro = _split(len(shard), st.grad_accum)
-                optimizer.zero_grad(set_to_none=True)
-                for j, part in enumerate(micro):
-                    part_t = torch.as_tensor(part, device=device)
-                    sync = world_size == 1 or j == len(micro) - 1
-                    ctx = contextlib.nullcontext() if sync else net.no_sync()
-                    with ctx:
-                        with autocast:
-                            out = net(x[part_t]).float()
-                        loss = student_loss(
-                            st.loss, out, soft[part_t] if soft is not None else None, y[part_t],
-                            temperature=st.temperature, ce_weight=st.ce_weight,
-                            y_b=y_b[part_t] if y_b is not None else None, lam=lam,
-                        )  # fmt: skip
-                        # mean over the whole step batch; DDP averages over ranks -> * world_size
-                        (loss * (len(part) / n) * world_size).backward()
-                    loss_sum += float(loss.detach()) * len(part)
-                    seen += len(part)
-                optimizer.step()
+                batch = _to(batch, device)
+                soft = batch.get("soft")
+                if ensemble is not None:  # fp32, like the offline labels
+                    soft = ensemble(batch["x"], sq_reduce).float()
+                before = None
+                if step_hook is not None:
+                    before = lambda _e=epoch, _b=b: step_hook(_e, _b, model)
+                loss_sum += train_step(net, optimizer, batch, cfg, device, world_size, soft,
+                                       bf16, channels_last, before)  # fmt: skip
+                seen += sum(batch["sizes"])
                 if ema is not None:
                     ema.update(model)
-            train_loss = loss_sum / max(seen, 1)
+                prog.step(batch["n"])
+                if (b + 1) % st.log_every == 0 and b + 1 < steps:
+                    prog.report(epoch, b + 1, float(loss_sum) / max(seen, 1), lr)
+            train_loss = float(loss_sum) / max(seen, 1)
             if not math.isfinite(train_loss):
                 raise RuntimeError(
                     f"train {arch} seed {seed}: loss is {train_loss} at epoch {epoch}"
                 )
             train_log.append({"epoch": epoch + 1, "loss": round(train_loss, 6), "lr": lr})
             done = epoch + 1
+            extra = ""
             if done % st.eval_every == 0 or done == epochs:
                 if is_main:
                     eval_model = ema.module if ema is not None else model
-                    acc = evaluate(eval_model, eval_data, mean, std, device, st.amp)
+                    acc = evaluate(eval_model, eval_data, mean, std, device, bf16)
                     history.append({"epoch": done, **acc, "eval_images": len(eval_data),
                                     "train_loss": round(train_loss, 6)})  # fmt: skip
-                    log(
-                        f"train {arch} seed {seed}: epoch {done}/{epochs} loss {train_loss:.4f} "
-                        f"top-1 {acc['top1']:.4f} top-5 {acc['top5']:.4f}"
-                    )
+                    extra = f" top-1 {acc['top1']:.4f} top-5 {acc['top5']:.4f}"
                 if world_size > 1:
                     dist.barrier()
             wall += time.time() - t0
@@ -306,13 +412,13 @@ def train_student(
                     "train_log": json.dumps(train_log),
                     "wall": wall,
                 })  # fmt: skip
+            prog.report(done, 0, train_loss, lr, "done" if done == epochs else "running", extra)
             if progress is not None:
                 progress({"epoch": done, "epochs": epochs, "loss": round(train_loss, 4)})
             if stop_after_epoch is not None and done == stop_after_epoch and done < epochs:
                 raise StopTraining(done)
     finally:
-        if reader is not None:
-            reader.close()
+        del batches  # stops the loader's workers
         distilled.close()
 
     final = history[-1] if history else {}
@@ -336,6 +442,39 @@ def train_student(
         "final": {"top1": final.get("top1"), "top5": final.get("top5")},
         "wall_seconds": round(wall, 2),
     }
+
+
+# --------------------------------------------------------------------------- evaluation only
+def evaluate_checkpoint(
+    cfg: Config, run_dir: Path, arch: str, seed: int, device: torch.device | str = "cpu",
+    log: Callable[[str], None] = print, eval_data: EvalData | None = None,
+) -> dict[str, Any]:
+    """Top-1/top-5 of a student's saved checkpoint (EMA weights when it has them), without
+    training; writes `eval.json` next to the checkpoint and returns it."""
+    device = torch.device(device)
+    out_dir = student_dir(run_dir, arch, seed)
+    state = load_checkpoint(out_dir / CKPT_NAME)
+    if state is None:
+        raise UserError(f"{out_dir / CKPT_NAME}: no checkpoint to evaluate (train first)")
+    distilled = DistilledSet(Path(run_dir) / "distilled.h5")
+    mean = torch.tensor(distilled.mean, dtype=torch.float32)
+    std = torch.tensor(distilled.std, dtype=torch.float32)
+    distilled.close()
+    model = build_student(cfg, arch, num_classes_of(cfg.data, run_dir))
+    weights = "ema" if state.get("ema") else "model"
+    model.load_state_dict(state[weights])
+    model = model.to(device)
+    if use_channels_last(cfg, device):
+        model = model.to(memory_format=torch.channels_last)
+    data = eval_data if eval_data is not None else EvalData(cfg, cfg.students.eval_limit, run_dir)
+    t0 = time.time()
+    acc = evaluate(model, data, mean, std, device, use_bf16(cfg, device))
+    result = {"arch": arch, "seed": seed, "epoch": int(state["epoch"]), "weights": weights,
+              **acc, "eval_images": len(data), "seconds": round(time.time() - t0, 2)}  # fmt: skip
+    atomic_write_text(out_dir / EVAL_NAME, json.dumps(result, indent=1) + "\n")
+    log(f"eval {arch} seed {seed}: epoch {result['epoch']} ({weights} weights) top-1 "
+        f"{acc['top1']:.4f} top-5 {acc['top5']:.4f} on {len(data)} images")  # fmt: skip
+    return result
 
 
 def write_metrics(out_dir: Path, metrics: dict[str, Any]) -> Path:
