@@ -81,19 +81,66 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ChannelStats.apply(x)
 
 
+class GroupedChannelStats(torch.autograd.Function):
+    """`ChannelStats` per group of rows: (var, mean), each (G, C), of rows
+    [o_g, o_g + n_g) for consecutive groups from row 0; rows after the last group (packed
+    chunks for which this teacher is the logit teacher only) get a zero gradient. One
+    Function for the whole packed batch: slicing first and stacking per-group `ChannelStats`
+    would make autograd zero-fill and add a full-size gradient per group (k^2 work)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sizes: tuple[int, ...]):
+        xs = fp32(x)
+        c = xs.shape[1]
+        if xs.device.type != "cpu" and len(set(sizes)) == 1:
+            used = xs[: sum(sizes)]
+            view = used.reshape(len(sizes), sizes[0], *xs.shape[1:])
+            var, mean = torch.var_mean(view, dim=(1, 3, 4), unbiased=False)
+        else:
+            means, vars_ = [], []
+            start = 0
+            for n in sizes:
+                part = xs[start : start + n]
+                if part.is_contiguous(memory_format=torch.channels_last):
+                    rows = part.permute(0, 2, 3, 1).reshape(-1, c)  # a view: (n*H*W, C)
+                    m = rows.mean(0)
+                    dev = rows - m
+                    v = (dev * dev).mean(0)
+                else:
+                    m4 = part.mean((0, 2, 3), keepdim=True)
+                    dev = part - m4
+                    v = (dev * dev).mean((0, 2, 3))
+                    m = m4.view(c)
+                means.append(m)
+                vars_.append(v)
+                start += n
+            var, mean = torch.stack(vars_), torch.stack(means)
+        ctx.sizes = sizes
+        ctx.save_for_backward(x, mean)
+        return var, mean
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_var: torch.Tensor, g_mean: torch.Tensor):
+        x, mean = ctx.saved_tensors
+        hw = x.shape[2] * x.shape[3]
+        dx = torch.zeros_like(x)  # keeps x's memory format
+        start = 0
+        for g, n in enumerate(ctx.sizes):
+            a = g_var[g] * (2.0 / (n * hw))
+            shift = g_mean[g] / (n * hw) - a * mean[g]
+            shape = (1, -1, 1, 1)
+            dx[start : start + n] = torch.addcmul(
+                shift.view(shape), x[start : start + n], a.view(shape)
+            )
+            start += n
+        return dx, None
+
+
 def grouped_channel_stats(x: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(var, mean), each (G, C): statistics of each group of rows (a packed chunk) on its own,
-    never over the packed batch. On CPU each group goes through `ChannelStats` (its fast
-    channels_last path; a row slice of a channels_last tensor stays channels_last); on other
-    devices equal groups are one `var_mean` over a (G, B, C, H, W) view."""
-    if x.device.type != "cpu" and len(set(sizes)) == 1:
-        xs = fp32(x).view(len(sizes), sizes[0], *x.shape[1:])
-        return torch.var_mean(xs, dim=(1, 3, 4), unbiased=False)
-    out, start = [], 0
-    for n in sizes:
-        out.append(ChannelStats.apply(x[start : start + n]))
-        start += n
-    return torch.stack([v for v, _ in out]), torch.stack([m for _, m in out])
+    """(var, mean), each (G, C): the statistics of each group of leading rows (a packed chunk)
+    on its own, never over the packed batch (see `GroupedChannelStats`)."""
+    return GroupedChannelStats.apply(x, tuple(sizes))
 
 
 class BNStatistics:
