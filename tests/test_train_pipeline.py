@@ -114,3 +114,35 @@ def test_evaluate_checkpoint_without_training(tmp_path):
     assert (res["top1"], res["top5"]) == (m["final"]["top1"], m["final"]["top5"])  # same view
     assert (out / "ckpt.pt").read_bytes() == ckpt_bytes  # nothing trained or rewritten
     assert main([str(run_dir), "5"]) == 2  # one line, exit 2
+
+
+def test_eval_scripts_run_the_evaluation_entry_point(tmp_path, tiny_cfg):
+    """`eval_array.sbatch RUN CHUNK eval` and `eval_array.sh RUN eval` call the evaluation
+    module (no srun, no training task); without `eval` they still train."""
+    import os
+    import subprocess
+
+    from prism_hpc.hpc.launch import plans_for
+    from prism_hpc.hpc.scripts import write_scripts
+    from prism_hpc.stages import registry
+    from tests.test_slurm_scripts import REPO, _stub
+
+    tiny_cfg["students"]["seeds"] = [0, 1, 2]
+    out = tmp_path / "dry"
+    cfg = config_from_dict(tiny_cfg)
+    write_scripts(cfg, plans_for(cfg, registry(), estimates=False), out / "slurm", out)
+    stub = tmp_path / "bin"
+    _stub(stub, "py", 'echo "py $@" >> "$CALLS"\n')
+    _stub(stub, "srun", 'echo "srun $@" >> "$CALLS"\n')
+    env = dict(os.environ, PATH=f"{stub}:{os.environ['PATH']}", SLURM_ARRAY_TASK_ID="2",
+               CALLS=str(tmp_path / "calls"), PRISM_PYTHON=str(stub / "py"))  # fmt: skip
+    script = str(out / "slurm" / "eval_array.sbatch")
+    subprocess.run(["bash", script, str(out), "0", "eval"], env=env, check=True, timeout=60)
+    (out / "config.yaml").write_text("{}")
+    generic = str(REPO / "slurm" / "eval_array.sh")
+    subprocess.run(["bash", generic, str(out), "eval"], env=env, check=True, timeout=60)
+    subprocess.run(["bash", generic, str(out)], env=env, check=True, timeout=60)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[0] == f"py -m prism_hpc.train.eval_array {out} --array 0 2"
+    assert calls[1] == f"py -m prism_hpc.train.eval_array {out} 2"
+    assert calls[2].startswith("srun ") and calls[2].endswith(f"-m prism_hpc.hpc.task {out} train 2")
