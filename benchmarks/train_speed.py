@@ -96,7 +96,8 @@ def child(args: argparse.Namespace) -> None:
     trainer.save_checkpoint = lambda path, state: None  # time steps, not checkpoint writes
     stamps: list[float] = []
     out = Path(tempfile.mkdtemp(prefix="train-speed-"))
-    m = trainer.train_student(cfg, run_dir, args.arch, 0, out, log=lambda s: None, eval_data=NoEval(),
+    m = trainer.train_student(cfg, run_dir, args.arch, 0, out, device=args.device,
+                              log=lambda s: None, eval_data=NoEval(),
                               progress=lambda info: stamps.append(time.perf_counter()))  # fmt: skip
     timed = stamps[-1] - stamps[0]
     print(json.dumps({"images_per_s": (len(stamps) - 1) * args.images / timed,
@@ -118,7 +119,7 @@ def run_once(tree: Path, run_dir: Path, res: int, arch: str, overrides: dict,
                MKL_NUM_THREADS=str(a.threads))  # fmt: skip
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--res", str(res),
            "--arch", arch, "--images", str(a.images), "--epochs", str(a.epochs),
-           "--threads", str(a.threads), "--run-dir", str(run_dir),
+           "--threads", str(a.threads), "--run-dir", str(run_dir), "--device", a.device,
            "--overrides", json.dumps(overrides)]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree, check=False)
     if done.returncode != 0:
@@ -140,6 +141,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is warm-up")
     p.add_argument("--reps", type=int, default=3, help="alternated runs per variant")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (main process)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU check (untested "
+                   "here: no GPU on the development machine)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=None, help="loader workers of the after rows "
+                   "(default 1; a GPU wants more)")  # fmt: skip
     p.add_argument("--before-ref", default=BEFORE_REF)
     p.add_argument("--quick", action="store_true", help="32 px ResNet-18, 2 reps")
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here")
@@ -164,7 +169,10 @@ def main() -> None:
             for v in order:
                 tree = trees["before" if v == "before" else "after"]
                 run_dir = work / f"{'before' if v == 'before' else 'after'}-{res}"
-                results[v].append(run_once(tree, run_dir, res, arch, VARIANTS[v], a))
+                over = dict(VARIANTS[v])
+                if v != "before" and a.workers is not None:
+                    over["workers"] = a.workers
+                results[v].append(run_once(tree, run_dir, res, arch, over, a))
                 print(f"{res} px {arch} {v}: {results[v][-1]['images_per_s']:.2f} img/s",
                       flush=True)  # fmt: skip
         base = statistics.median(r["images_per_s"] for r in results["before"])
