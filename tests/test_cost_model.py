@@ -286,3 +286,26 @@ def test_published_vram_of_one_teacher_is_within_half_to_double():
     est = sre2l_4090()
     ratio = est["peak_mem_gb"] / PUBLISHED_VRAM_ONE_TEACHER_GB
     assert 0.5 <= ratio <= 2.0, ratio
+
+
+def test_bench_calibrate_writes_per_architecture_rates_that_plan_uses(
+    tmp_path, tiny_cfg, monkeypatch
+):
+    from tests.conftest import write_yaml
+
+    cfg_path = write_yaml(tmp_path / "tiny.yaml", tiny_cfg)
+    cal = tmp_path / "cal.json"
+    r = CliRunner().invoke(
+        app, ["bench", "calibrate", str(cfg_path), "--steps", "1", "--calibration", str(cal)]
+    )
+    assert r.exit_code == 0, r.output
+    entries = calibration.read_calibration(cal)
+    key = "resnet18|16|1|10|0.25"
+    assert set(entries["cpu"]) == {"recover", "train", "infer"}
+    assert all(entries["cpu"][k]["archs"][key] > 0 for k in entries["cpu"])
+    assert "shufflenet_v2_x0_5|16|1|10|0.5" in entries["cpu"]["recover"]["archs"]
+    cfg = _cfg(cfg_path)
+    monkeypatch.setenv("PRISM_HPC_CALIBRATION", str(cal))
+    costing._calibration.cache_clear()
+    est = _estimates(cfg)
+    assert all(est[s]["throughput"].startswith("calibrated") for s in ("recover", "train"))
