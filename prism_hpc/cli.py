@@ -73,28 +73,53 @@ def submit(
     """Run (local) or submit (SLURM) every stage of an experiment."""
     from prism_hpc.hpc.backends import resolve_backend
     from prism_hpc.hpc.launch import launch
-    from prism_hpc.store.rundir import new_run_dir, open_run_dir
+    from prism_hpc.store.atomic import remove_stale_tmp
+    from prism_hpc.store.rundir import RunLock, new_run_dir, open_run_dir
 
+    registry = _registry()
+    only = [s for s in stages.split(",") if s] if stages else None
+    registry.select(only)  # a bad --stages fails before anything is made
     if resume is not None:
         stored = open_run_dir(resume)
         source = config if config is not None else stored.config
         cfg, raw, _ = _prepare(source, set_, require_data=False)
+        chosen = resolve_backend(backend or cfg.backend)
         rd = open_run_dir(resume, cfg)
+        lock = RunLock(rd).acquire()
+        stale = remove_stale_tmp(rd.root)
+        if stale:
+            typer.echo(f"removed {len(stale)} temp file(s) of killed writers")
     else:
         if config is None:
             raise UserError("submit: give a CONFIG file (or --resume RUN_DIR)")
         cfg, raw, warnings = _prepare(config, set_, require_data=True)
         for w in warnings:
             typer.echo(f"warning: {w}", err=True)
-        resolve_backend(backend or cfg.backend)  # a bad backend fails before the run dir exists
-        rd = new_run_dir(cfg, run_dir, raw)
+        chosen = resolve_backend(backend or cfg.backend)  # fails before the run dir exists
+        from prism_hpc.data.listing import read_listing
         from prism_hpc.data.sources import write_data_index
+        from prism_hpc.stages.preflight import check_images
 
-        for path in write_data_index(cfg.data, rd.root):  # listed once; tasks read the index
-            typer.echo(f"data index: {path}")
-    chosen = resolve_backend(backend or cfg.backend)
+        indexed: list[Path] = []
+
+        def index_data(staged) -> None:  # listed once, inside the run being built
+            written = write_data_index(cfg.data, staged.root)
+            indexed.extend(p.relative_to(staged.root) for p in written)
+            for listed in map(read_listing, written):
+                if listed.skipped:
+                    typer.echo(f"data: {listed.skipped} hidden or non-image entr(ies) skipped "
+                               f"in {listed.folder}")  # fmt: skip
+            check_images(cfg, staged.root)  # broken JPEGs named now, not in task 37
+
+        rd = new_run_dir(cfg, run_dir, raw, build=index_data)
+        lock = RunLock(rd).acquire()
+        for rel in indexed:
+            typer.echo(f"data index: {rd.root / rel}")
     typer.echo(f"run dir: {rd.root}")
-    launch(rd, cfg, chosen, _registry(), only=stages.split(",") if stages else None)
+    try:
+        launch(rd, cfg, chosen, registry, only=only)
+    finally:
+        lock.release()
 
 
 @app.command()
@@ -139,16 +164,24 @@ def collect(
     ] = False,
 ) -> None:
     """Validate all slices into distilled.h5 and gather student results into results.md/.csv."""
-    from prism_hpc.stages.collect import collect_run
+    from prism_hpc.stages.collect import collect_run, distilled_problems, reseal_distilled
     from prism_hpc.store.rundir import open_run_dir
 
     rd = open_run_dir(run)
     cfg = rd.load_config()
     if not rd.distilled.exists() or consolidate:
         info = collect_run(cfg, rd.root, consolidate=consolidate)
+        reseal_distilled(rd.root)  # same pixels, new file: the marker keeps its id
         typer.echo(f"{rd.distilled}: {info['rows']} images, {info['layout']} layout")
     else:
-        typer.echo(f"{rd.distilled}: present")
+        bad = distilled_problems(cfg, rd.root)  # a VDS is only as good as its sources
+        if bad:
+            raise TaskFailed(
+                f"{rd.distilled}: {len(bad)} bad source(s): {'; '.join(bad[:3])}"
+                + (" ..." if len(bad) > 3 else "")
+                + f"; `prism-hpc submit --resume {rd.root}` redoes them"
+            )
+        typer.echo(f"{rd.distilled}: present, every source matches its marker")
     from prism_hpc.metrics.results import write_results
 
     paths = write_results([rd.root], rd.root)
@@ -186,6 +219,12 @@ def export(
     if format != "imagefolder":
         raise UserError(f"--format {format!r}: expected imagefolder")
     rd = open_run_dir(run)
+    from prism_hpc.stages.collect import distilled_problems
+
+    bad = distilled_problems(rd.load_config(), rd.root) if rd.distilled.exists() else []
+    if bad:  # never export images read through a damaged shard
+        raise UserError(f"{rd.distilled}: {len(bad)} bad source(s), first: {bad[0]}; "
+                        f"`prism-hpc submit --resume {rd.root}` redoes them")  # fmt: skip
     n = export_imagefolder(rd.root, out)
     typer.echo(f"wrote {n} PNG files under {out}")
 
@@ -208,6 +247,24 @@ def resubmit(
     submitted = resubmit_failed(rd, _registry().opened(rd.root))
     if not submitted:
         typer.echo("nothing to resubmit: every item has a valid marker")
+
+
+@app.command()
+def verify(run: RunArg) -> None:
+    """Hash every finished item's files against its marker; exit 1 naming each bad one."""
+    from prism_hpc.hpc.verify import verify_run
+
+    found = verify_run(run, _registry())
+    for line in found["bad"]:
+        typer.echo(f"bad: {line}")
+    if found["unfinished"]:
+        typer.echo(f"{len(found['unfinished'])} item(s) not finished yet (not checked)")
+    if found["bad"]:
+        raise TaskFailed(
+            f"{run}: {len(found['bad'])} bad item(s); `prism-hpc submit --resume {run}` "
+            "redoes them and everything computed from them"
+        )
+    typer.echo(f"{run}: every finished item matches its marker")
 
 
 @app.command()
@@ -255,7 +312,21 @@ def _add_bench() -> None:
 _add_bench()
 
 
+def _no_writable_by_others() -> None:
+    """Files and folders made in a run are never group- or world-writable, whatever the
+    user's umask (children inherit it: local ranks, SLURM tasks started from here)."""
+    import os
+
+    os.umask(os.umask(0) | 0o022)
+
+
+def _os_error_line(err: OSError) -> str:
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"
+
+
 def main() -> None:
+    _no_writable_by_others()
     try:
         app(standalone_mode=False)
     except click.exceptions.Abort:
@@ -270,6 +341,9 @@ def main() -> None:
     except TaskFailed as err:
         _err(str(err))
         sys.exit(1)
+    except OSError as err:  # read-only or full file systems, permissions: the user's to fix
+        _err(_os_error_line(err))
+        sys.exit(2)
     except KeyboardInterrupt:
         _err("interrupted; finished items are kept, continue with `prism-hpc submit --resume RUN`")
         sys.exit(130)

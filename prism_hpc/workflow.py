@@ -59,6 +59,9 @@ class TaskEnv:
     device: Any = field(default_factory=_cpu)  # torch.device
     log: Callable[[str], None] = _print
     progress: Callable[[dict[str, Any]], None] = lambda info: None
+    # {upstream marker path: its id} snapshotted before the item ran; stages record it in
+    # their marker, so a redone upstream item makes this one stale
+    inputs: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:
@@ -84,16 +87,33 @@ class Stage:
     def marker_path(self, run_dir: Path, item: Item) -> Path:
         return Path(run_dir) / self.name / f"{item.key}.done"
 
+    def markers(self, run_dir: Path, item: Item) -> list[Path]:
+        """Every marker the item writes (most write one; an item of several slices one each)."""
+        return [self.marker_path(run_dir, item)]
+
+    def problems(self, run_dir: Path, item: Item, full: bool = False) -> list[str]:
+        """Why the item is not (or no longer) done; [] when it is. This base version only asks
+        for parseable markers; stages whose markers vouch for files override it to check them
+        (cheaply, or hashing everything when `full`)."""
+        found = []
+        for path in self.markers(run_dir, item):
+            if not path.exists():
+                found.append(f"{path.name}: no marker")
+                continue
+            try:
+                json.loads(path.read_text())
+            except (OSError, ValueError):
+                found.append(f"{path.name}: marker unreadable")
+        return found
+
     def is_done(self, run_dir: Path, item: Item) -> bool:
-        """Valid marker present. Stages with checksummed outputs override to verify them."""
-        path = self.marker_path(run_dir, item)
-        if not path.is_file():
-            return False
-        try:
-            json.loads(path.read_text())
-        except (OSError, ValueError):
-            return False
-        return True
+        return not self.problems(run_dir, item)
+
+    def restart_state(self, run_dir: Path, item: Item) -> list[Path]:
+        """Files or folders a killed attempt leaves for the next one to continue from (a
+        student's checkpoint, a slice's finished chunks). The task runner deletes them when the
+        item's inputs were redone since they were written, or its finished files went bad."""
+        return []
 
     def estimate(self, cfg: Config) -> dict[str, Any]:
         """Rough compute/storage numbers for `plan` (keys: gpu_hours, storage_gb, note)."""

@@ -38,10 +38,15 @@ def test_shard_roundtrip_and_marker(tmp_path):
 def test_tampered_or_unmarked_shard_is_invalid(tmp_path):
     path = tmp_path / "slice_00001.h5"
     _shard(path, 1)
-    with open(path, "r+b") as fh:
+    with open(path, "r+b") as fh:  # one byte flipped in place: same size, new mtime
         fh.seek(-1, 2)
-        fh.write(b"\x00" if fh.read(1) != b"\x00" else b"\x01")
-    assert "checksum" in validate_shard(path)
+        last = fh.read(1)
+        fh.seek(-1, 2)
+        fh.write(b"\x00" if last != b"\x00" else b"\x01")
+    assert validate_shard(path) == "slice_00001.h5: checksum differs from its marker"
+    with open(path, "ab") as fh:  # a byte appended (a bad copy): caught by the size alone
+        fh.write(b"\x00")
+    assert "bytes, its marker says" in validate_shard(path, full=False)
     marker_for(path).unlink()
     assert "no .done marker" in validate_shard(path)
 

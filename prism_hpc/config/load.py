@@ -39,6 +39,34 @@ OFFICIAL_RECOVER = {
 }
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.safe_load`'s loader (same tags, nothing executable) that refuses a key given twice
+    in one mapping: plain YAML lets the last one win silently, which hides a config slip."""
+
+
+def _mapping_without_repeats(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep=False):
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicated key {key!r} (first on line {seen[key] + 1})",
+                key_node.start_mark,
+            )  # fmt: skip
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats
+)
+
+
+def safe_load_unique(text: str):
+    """Parse YAML like `yaml.safe_load`, but a duplicated key is an error."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: as safe
+
+
 def deep_merge(base: dict, over: dict) -> dict:
     """`over` on top of `base`, recursively for sections; lists and values replace."""
     out = copy.deepcopy(base)
@@ -126,9 +154,11 @@ def format_validation_error(err: ValidationError, data: dict, source: str) -> st
         return f"{source}: unknown key '{key}' (check the spelling; see README 'Config reference')"
     if first["type"] == "missing":
         return f"{source}: missing required key '{key}'"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    if not loc:  # a check across sections: its message names the keys itself
+        return f"{source}: {msg}{more}"
     value = _value_at(data, loc)
     shown = "" if isinstance(value, dict) else f" = {value!r}"
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"{source}: {key}{shown}: {msg}{more}"
 
 
@@ -147,12 +177,19 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[C
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {err.start}); expected YAML") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read: {err.strerror or err}") from None
+    try:
+        data = safe_load_unique(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"{path}:{where}: YAML syntax error: {problem}") from None
+        kind = "" if problem.startswith("duplicated key") else "YAML syntax error: "
+        raise UserError(f"{path}:{where}: {kind}{problem}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of sections at the top level")
     raw = copy.deepcopy(data)

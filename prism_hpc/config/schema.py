@@ -16,7 +16,8 @@ STAGE_NAMES = ("squeeze", "recover", "collect", "relabel", "train", "report")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan are never a meaningful learning rate, scale or weight: refuse them with the key
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(Strict):
@@ -30,7 +31,7 @@ class DataConfig(Strict):
     mean: list[float] | None = None  # None: the source's default
     std: list[float] | None = None
     class_names: list[str] | None = None
-    train_limit_per_class: int | None = Field(None, ge=1)  # subset for quick squeezes
+    train_limit_per_class: int | None = Field(None, ge=1)  # squeeze: first N per class
 
     @model_validator(mode="after")
     def _stats_match_channels(self) -> DataConfig:
@@ -66,6 +67,9 @@ class SqueezeConfig(Strict):
     batch_size: int = Field(128, ge=1)
     lr: float = Field(0.05, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
+    # CPU intra-op threads, fixed like recover.cpu_threads: teachers are then bit-identical
+    # on any machine and under any local concurrency
+    cpu_threads: int = Field(1, ge=1)
 
 
 class AugmentConfig(Strict):
@@ -394,4 +398,31 @@ class Config(Strict):
                     f"{where} names teacher(s) {missing} that are not in `teachers` "
                     f"(known: {sorted(pool)})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _no_duplicates(self) -> Config:
+        """The same name twice is always a slip (a teacher counted twice in the BN mean, two
+        students written into one folder): refuse it with the key and the repeated value."""
+        lists = {
+            "recover.bn_always": self.recover.bn_always,
+            "recover.bn_pool": self.recover.bn_pool,
+            "recover.logit_pool": self.recover.logit_pool,
+            "relabel.teachers": self.relabel.teachers,
+            "students.archs": self.students.archs,
+            "students.seeds": self.students.seeds,
+            "data.class_names": self.data.class_names or [],
+        }
+        for key, values in lists.items():
+            seen = set()
+            for v in values:
+                if v in seen:
+                    raise ValueError(f"{key} lists {v!r} twice")
+                seen.add(v)
+        both = set(self.recover.bn_always) & set(self.recover.bn_pool)
+        if both:
+            raise ValueError(f"recover.bn_pool repeats {sorted(both)} of recover.bn_always")
+        k_max, pool = self.recover.k_max, len(self.recover.bn_pool)
+        if k_max is not None and k_max > pool:
+            raise ValueError(f"recover.k_max = {k_max} is larger than recover.bn_pool ({pool})")
         return self

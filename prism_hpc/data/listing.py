@@ -35,6 +35,7 @@ class FolderListing:
     files: list[list[str]]
     mtimes: list[int]
     fingerprint: str
+    skipped: int = 0  # hidden entries and non-image files left out (reported once at submit)
 
     @property
     def counts(self) -> list[int]:
@@ -97,16 +98,22 @@ def list_folder(folder: Path) -> FolderListing:
         return _CACHE[str(folder)]
     if not folder.is_dir():
         raise UserError(f"data folder {folder} not found")
-    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
+    top = list(os.scandir(folder))
+    classes = sorted(e.name for e in top if e.is_dir() and _visible(e.name))
     if not classes:
         raise UserError(f"data folder {folder}: no class folders")
+    skipped = len(top) - len(classes)
     files, mtimes = [], []
     for name in classes:
         sub = folder / name
         mtimes.append(os.stat(sub).st_mtime_ns)
-        names = sorted(e.name for e in os.scandir(sub) if _is_image(e.name))
+        entries = [e.name for e in os.scandir(sub)]
+        names = sorted(n for n in entries if _is_image(n))
+        skipped += len(entries) - len(names)
         files.append(names)
-    listing = FolderListing(str(folder), classes, files, mtimes, _fingerprint(classes, files))
+    listing = FolderListing(
+        str(folder), classes, files, mtimes, _fingerprint(classes, files), skipped
+    )
     _CACHE[str(folder)] = listing
     return listing
 

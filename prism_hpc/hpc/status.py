@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from prism_hpc.hpc.pending import pending_items
 from prism_hpc.hpc.plan import registry_ref_of
 from prism_hpc.store.rundir import PROGRESS_NAME, RunDir, open_run_dir
 from prism_hpc.workflow import StageRegistry, load_registry
@@ -23,14 +24,15 @@ def stage_status(rd: RunDir, registry: StageRegistry | None = None) -> list[dict
     if registry is None:
         registry = load_registry(registry_ref_of(rd.plan))
     rows = []
-    for plan in plans_for(cfg, registry.opened(rd.root), estimates=False):  # never lists the data
-        done = [i.index for i in plan.items if plan.stage.is_done(rd.root, i)]
+    plans = plans_for(cfg, registry.opened(rd.root), estimates=False)  # never lists the data
+    todo = pending_items(rd.root, plans)  # a stage downstream of work to redo is pending
+    for plan in plans:
         rows.append(
             {
                 "stage": plan.stage.name,
                 "total": len(plan.items),
-                "done": len(done),
-                "pending": [i.index for i in plan.items if i.index not in done],
+                "done": len(plan.items) - len(todo[plan.stage.name]),
+                "pending": todo[plan.stage.name],
             }
         )
     for row in rows:

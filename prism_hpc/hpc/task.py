@@ -7,15 +7,20 @@ once per rank. The stages come from the registry recorded in the run's `plan.jso
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
 
 from prism_hpc.hpc import distributed
+from prism_hpc.hpc.pending import inputs_of
 from prism_hpc.hpc.plan import read_plan, registry_ref_of
+from prism_hpc.store.atomic import atomic_write_text
 from prism_hpc.store.rundir import RunDir
-from prism_hpc.workflow import StageRegistry, TaskEnv, load_registry
+from prism_hpc.workflow import Item, Stage, StageRegistry, TaskEnv, load_registry
 
 
 def run_item(
@@ -24,6 +29,7 @@ def run_item(
 ) -> str:  # fmt: skip
     """Run item `index` of `stage_name` unless its marker is already valid. Returns its key."""
     os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+    os.umask(os.umask(0) | 0o022)  # nothing in a run is group- or world-writable
     rd = RunDir(Path(run_dir))
     cfg = rd.load_config()
     if registry is None:
@@ -36,7 +42,11 @@ def run_item(
     if not stage.distributed and info.rank != 0:
         return item.key  # extra SLURM tasks of a non-distributed stage have nothing to do
     world = info if stage.distributed else distributed.DistInfo(0, 1, 0, "127.0.0.1", 0)
-    distributed.init_process_group(world)
+    inputs = inputs_of(registry, cfg, rd.root, stage)
+    discard_stale_restart_state(stage, rd.root, item, inputs)  # every rank, before anyone reads
+    distributed.init_process_group(world)  # a rendezvous: all ranks have decided by now
+    if world.rank == 0 and stage.restart_state(rd.root, item):
+        atomic_write_text(inputs_record_path(stage, rd.root, item), json.dumps(inputs) + "\n")
     try:
         env = TaskEnv(
             run_dir=rd.root,
@@ -47,10 +57,44 @@ def run_item(
         )
         if progress is not None:
             env.progress = progress
+        env.inputs = inputs
         stage.run(cfg, item, env)
     finally:
         distributed.destroy()
     return item.key
+
+
+def inputs_record_path(stage: Stage, run_dir: Path, item: Item) -> Path:
+    """Next to the item's first marker: the upstream marker ids its current attempt started
+    from (its restart state was computed from those)."""
+    marker = stage.markers(run_dir, item)[0]
+    return marker.with_name(marker.name + ".inputs")
+
+
+def discard_stale_restart_state(
+    stage: Stage, run_dir: Path, item: Item, inputs: dict[str, str | None]
+) -> list[Path]:
+    """Delete a killed attempt's restart state when it cannot be trusted: the upstream items it
+    was computed from were redone since, or the item's finished files went bad."""
+    state = [p for p in stage.restart_state(run_dir, item) if p.exists()]
+    if not state:
+        return []
+    try:
+        recorded = json.loads(inputs_record_path(stage, run_dir, item).read_text())
+    except (OSError, ValueError):
+        recorded = inputs  # written before inputs were recorded: nothing says it is stale
+    went_bad = any(not p.endswith("no marker") for p in stage.problems(run_dir, item))
+    if recorded == inputs and not went_bad:
+        return []
+    for path in state:
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    why = "its files went bad" if went_bad else "its inputs were redone"
+    print(f"[{stage.name}] {item.key}: restart state discarded ({why})", flush=True)
+    return state
 
 
 class RunItem:

@@ -266,6 +266,13 @@ def teacher_table(runs: list[RunInfo]) -> str:
     return markdown_table(header, rows, ["l", "l", "l"] + ["r"] * (len(header) - 3))
 
 
+def _mean_pm_std(d: dict) -> str:
+    """`mean ± std`; diversity is undefined with one image per class (IPC 1): `n/a`."""
+    if d.get("mean") is None:
+        return "n/a"
+    return f"{d['mean']:.4f}" + (f" ± {d['std']:.4f}" if d.get("std") is not None else "")
+
+
 def diversity_table(runs: list[RunInfo]) -> str | None:
     rows = []
     for r in runs:
@@ -277,9 +284,11 @@ def diversity_table(runs: list[RunInfo]) -> str | None:
             [
                 r.label,
                 f"{d.get('extractor', '?')} ({d.get('extractor_arch', '?')})",
-                f"{dist['mean']:.4f} ± {dist['std']:.4f}",
-                f"{ref['mean']:.4f} ± {ref['std']:.4f}" if ref else "-",
-                f"{dist['mean'] - ref['mean']:+.4f}" if ref else "-",
+                _mean_pm_std(dist),
+                _mean_pm_std(ref) if ref else "-",
+                f"{dist['mean'] - ref['mean']:+.4f}"
+                if ref and dist.get("mean") is not None and ref.get("mean") is not None
+                else "-",
                 str(d.get("num_images", "?")),
             ]
         )

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -46,12 +47,25 @@ def _augment(x: torch.Tensor, g: torch.Generator, pad: int) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
+def _training_subset(labels: np.ndarray, per_class: int | None) -> np.ndarray | None:
+    """`data.train_limit_per_class`: the first N images of each class (None: all of them)."""
+    if per_class is None:
+        return None
+    labels = np.asarray(labels)
+    keep = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep))
+
+
 def train_teacher(
     cfg: Config, name: str, run_dir: Path, device,
     log: Callable[[str], None] = print, progress: Callable[[dict], None] = lambda info: None,
 ) -> dict[str, Any]:  # fmt: skip
     """Train teacher `name`, save `teachers/<name>.pt` + `.json` atomically; returns the info."""
     sq = cfg.squeeze
+    if torch.device(device).type == "cpu":
+        # fixed, like recovery: conv backward differs in the last bits between thread counts,
+        # and teachers feed everything downstream (bit-identical demo on any machine)
+        torch.set_num_threads(sq.cpu_threads)
     torch.manual_seed(derive_seed(cfg.seed, "squeeze-init", name))
     model = build_untrained(cfg, cfg.teachers[name], run_dir).to(device)
     train = open_source(cfg.data, "train", run_dir)
@@ -68,16 +82,23 @@ def train_teacher(
     )
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=sq.lr, total_steps=steps)
     g = generator(cfg.seed, "squeeze", name)
-    order = torch.randperm(len(train), generator=g)
+    pool = _training_subset(train.labels, cfg.data.train_limit_per_class)
+    n = len(train) if pool is None else len(pool)
+    if pool is not None:  # epochs count the subset
+        steps = max(1, int(sq.epochs * math.ceil(n / sq.batch_size)))
+        steps = min(steps, sq.max_steps) if sq.max_steps else steps
+    order = torch.randperm(n, generator=g)
     pad = max(1, cfg.data.resolution // 16)
     start = time.time()
     model.train()
     for step in range(steps):
-        pos = (step * sq.batch_size) % len(train)
-        if pos + sq.batch_size > len(train):
-            order = torch.randperm(len(train), generator=g)
+        pos = (step * sq.batch_size) % n
+        if pos + sq.batch_size > n:
+            order = torch.randperm(n, generator=g)
             pos = 0
         idx = order[pos : pos + sq.batch_size].numpy()
+        if pool is not None:
+            idx = pool[idx]
         x = _augment((train.load(idx) - mean) / std, g, pad).to(device)
         y = torch.as_tensor(train.labels[idx], device=device)
         loss = F.cross_entropy(model(x), y)

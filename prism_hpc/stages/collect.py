@@ -9,9 +9,12 @@ from prism_hpc.config.schema import Config
 from prism_hpc.data.sources import FASHION_MNIST_CLASSES, num_classes_of, source_stats
 from prism_hpc.errors import TaskFailed
 from prism_hpc.stages.recover import slice_path, slice_rows
-from prism_hpc.store.atomic import write_marker
+from prism_hpc.stages.sealed import SealedStage
+from prism_hpc.store.atomic import read_marker, write_marker
 from prism_hpc.store.collect import MissingSlices, collect_shards
-from prism_hpc.workflow import Item, Stage, TaskEnv
+from prism_hpc.store.integrity import check_marker
+from prism_hpc.store.shards import validate_shard
+from prism_hpc.workflow import Item, TaskEnv
 
 
 def class_names(cfg: Config, run_dir: Path | None = None) -> list[str]:
@@ -44,7 +47,7 @@ def collect_run(cfg: Config, run_dir: Path, consolidate: bool = False) -> dict:
     return info
 
 
-class CollectStage(Stage):
+class CollectStage(SealedStage):
     name = "collect"
     depends_on = ("recover",)
 
@@ -70,4 +73,36 @@ class CollectStage(Stage):
         env.log(
             f"collect: {info['rows']} images from {len(info['slices'])} slice(s) -> distilled.h5"
         )
-        write_marker(self.marker_path(env.run_dir, item), info)
+        write_marker(
+            self.marker_path(env.run_dir, item), info, env.run_dir,
+            outputs=[Path(env.run_dir) / "distilled.h5"], inputs=env.inputs,
+        )  # fmt: skip
+
+
+def distilled_problems(cfg: Config, run_dir: Path) -> list[str]:
+    """Every slice the distilled set reads, hashed against its marker, and the set itself."""
+    n = num_classes_of(cfg.data, run_dir)
+    bad = []
+    for s, cls in slice_rows(cfg).items():
+        reason = validate_shard(slice_path(run_dir, s), n if cls is None else len(cls))
+        if reason:
+            bad.append(reason)
+    marker = Path(run_dir) / "distilled.done"
+    if marker.exists():
+        bad += check_marker(run_dir, marker, full=True)
+    return bad
+
+
+def reseal_distilled(run_dir: Path) -> None:
+    """After `collect --consolidate` rewrote distilled.h5 from the same slices, record the new
+    file in the marker under the same id (the content did not change: keep what depends on it).
+    """
+    marker_path = Path(run_dir) / "distilled.done"
+    marker = read_marker(marker_path)
+    if marker is None:
+        return
+    payload = {k: v for k, v in marker.items() if k not in ("outputs", "id")}
+    write_marker(
+        marker_path, payload, run_dir, outputs=[Path(run_dir) / "distilled.h5"],
+        inputs=marker.get("inputs"), keep_id=marker.get("id"),
+    )  # fmt: skip

@@ -83,6 +83,11 @@ def check_data(cfg: Config) -> None:
     """Data present, and enough images per class for the IPC slices asked for."""
     source = open_source(cfg.data, "train")
     n = num_classes_of(cfg.data)
+    if source.num_classes != n:
+        raise UserError(f"data.num_classes = {n}: the data has {source.num_classes} classes")
+    names = cfg.data.class_names
+    if names is not None and len(names) != n:
+        raise UserError(f"data.class_names has {len(names)} name(s), the data has {n} classes")
     counts = np.bincount(source.labels, minlength=n)
     if cfg.recover.ipc == "all":
         return  # every slice holds only the classes that have an image for it
@@ -109,3 +114,39 @@ def preflight(cfg: Config, require_data: bool = True) -> list[str]:
             raise
         warnings.append(f"data not checked: {err}")
     return warnings
+
+
+def files_read(cfg: Config, run_dir: Path) -> list[Path]:
+    """The image files the stages will read: the real-init images of every slice (the first
+    `ipc_start + ipc` of each class), and every validation image."""
+    if cfg.data.source != "imagefolder":
+        return []
+    from prism_hpc.data.sources import index_path
+
+    paths: list[Path] = []
+    train = open_source(cfg.data, "train", run_dir)
+    if cfg.recover.init == "real":
+        listing = train.listing
+        stop = None if cfg.recover.ipc == "all" else cfg.recover.ipc_start + cfg.recover.ipc
+        for name, files in zip(listing.classes, listing.files):
+            paths += [Path(listing.folder) / name / f for f in files[:stop]]
+    if index_path(run_dir, "test").is_file():
+        paths += open_source(cfg.data, "test", run_dir).files
+    return paths
+
+
+def check_images(cfg: Config, run_dir: Path) -> int:
+    """Refuse (one line, naming them) when files the run will read are not complete images;
+    returns how many were checked."""
+    from prism_hpc.data.imagecheck import unreadable_images
+
+    paths = files_read(cfg, run_dir)
+    bad = unreadable_images(paths)
+    if bad:
+        shown = "; ".join(f"{p}: {why}" for p, why in bad[:3])
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise UserError(
+            f"{len(bad)} of the {len(paths)} images the run reads are broken: {shown}{more}; "
+            "replace or remove them"
+        )
+    return len(paths)

@@ -9,8 +9,10 @@ from prism_hpc.config.schema import Config
 from prism_hpc.data.index import slice_classes
 from prism_hpc.data.sources import class_counts, num_classes_of
 from prism_hpc.errors import UserError
-from prism_hpc.store.shards import marker_for, validate_shard, write_shard
-from prism_hpc.workflow import Item, Stage, TaskEnv
+from prism_hpc.stages.sealed import SealedStage
+from prism_hpc.store.integrity import check_marker
+from prism_hpc.store.shards import marker_for, write_shard
+from prism_hpc.workflow import Item, TaskEnv
 
 
 def slice_path(run_dir: Path, slice_index: int) -> Path:
@@ -46,7 +48,7 @@ def distilled_size(cfg: Config) -> int:
     return sum(len(c) for c in slice_rows(cfg).values())
 
 
-class RecoverStage(Stage):
+class RecoverStage(SealedStage):
     name = "recover"
     depends_on = ("squeeze",)
     distributed = True
@@ -66,8 +68,11 @@ class RecoverStage(Stage):
     def marker_path(self, run_dir: Path, item: Item) -> Path:
         return marker_for(slice_path(run_dir, item.payload["slices"][-1]))
 
-    def is_done(self, run_dir: Path, item: Item) -> bool:
-        return all((marker_for(slice_path(run_dir, s))).is_file() for s in item.payload["slices"])
+    def markers(self, run_dir: Path, item: Item) -> list[Path]:
+        return [marker_for(slice_path(run_dir, s)) for s in item.payload["slices"]]
+
+    def restart_state(self, run_dir: Path, item: Item) -> list[Path]:
+        return [partial_dir(run_dir) / f"slice_{s:05d}" for s in item.payload["slices"]]
 
     def estimate(self, cfg: Config) -> dict:
         rec = cfg.recover
@@ -110,7 +115,10 @@ class RecoverStage(Stage):
             torch.backends.cudnn.benchmark = False
         else:  # speed over bit-identity: let cuDNN autotune its kernels per shape
             torch.backends.cudnn.benchmark = True
-        todo = [s for s in item.payload["slices"] if validate_shard(slice_path(env.run_dir, s))]
+        todo = [
+            s for s in item.payload["slices"]
+            if check_marker(env.run_dir, marker_for(slice_path(env.run_dir, s)))
+        ]  # fmt: skip
         if not todo:
             return
         source = open_source(cfg.data, "train", env.run_dir)
@@ -150,7 +158,7 @@ class RecoverStage(Stage):
                     ipc = torch.full((len(result["labels"]),), s, dtype=torch.int32).numpy()
                     write_shard(
                         slice_path(env.run_dir, s), result["images"], result["labels"], ipc,
-                        result["provenance"],
+                        result["provenance"], run_dir=env.run_dir, inputs=env.inputs,
                     )  # fmt: skip
                     shutil.rmtree(partial_dir(env.run_dir) / f"slice_{s:05d}", ignore_errors=True)
                     env.log(

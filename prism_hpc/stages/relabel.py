@@ -11,6 +11,7 @@ from pathlib import Path
 from prism_hpc.config.schema import Config
 from prism_hpc.data.sources import num_classes_of
 from prism_hpc.stages.recover import distilled_size
+from prism_hpc.stages.sealed import SealedStage
 from prism_hpc.store.atomic import write_marker
 from prism_hpc.store.softlabels import (
     chunk_key,
@@ -21,10 +22,10 @@ from prism_hpc.store.softlabels import (
     human_bytes,
     label_bytes_per_visit,
 )  # fmt: skip
-from prism_hpc.workflow import Item, Stage, TaskEnv
+from prism_hpc.workflow import Item, TaskEnv
 
 
-class RelabelStage(Stage):
+class RelabelStage(SealedStage):
     name = "relabel"
     depends_on = ("collect",)
 
@@ -38,12 +39,6 @@ class RelabelStage(Stage):
 
     def marker_path(self, run_dir: Path, item: Item) -> Path:
         return chunk_marker(run_dir, *item.payload["epochs"])
-
-    def is_done(self, run_dir: Path, item: Item) -> bool:
-        return (
-            super().is_done(run_dir, item)
-            and chunk_path(run_dir, *item.payload["epochs"]).is_file()
-        )
 
     def estimate(self, cfg: Config) -> dict:
         from prism_hpc.stages.costing import relabel_cost, safely
@@ -84,4 +79,7 @@ class RelabelStage(Stage):
         finally:
             distilled.close()
         env.log(f"relabel {item.key}: {human_bytes(info['bytes'])} in {info['seconds']} s")
-        write_marker(self.marker_path(env.run_dir, item), info)
+        write_marker(
+            self.marker_path(env.run_dir, item), info, env.run_dir,
+            outputs=[chunk_path(env.run_dir, start, stop)], inputs=env.inputs,
+        )  # fmt: skip

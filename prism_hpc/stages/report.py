@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from prism_hpc.config.schema import Config
+from prism_hpc.stages.sealed import SealedStage
 from prism_hpc.store.atomic import write_marker
-from prism_hpc.workflow import Item, Stage, TaskEnv
+from prism_hpc.workflow import Item, TaskEnv
 
 
-class ReportStage(Stage):
+class ReportStage(SealedStage):
     name = "report"
     depends_on = ("train",)
 
@@ -34,7 +35,7 @@ class ReportStage(Stage):
 
         run_dir = Path(env.run_dir)
         result, arrays = compute_diversity(cfg, run_dir, env.device, env.log)
-        write_diversity(run_dir, result, arrays)
+        diversity = write_diversity(run_dir, result, arrays)
         report = write_report(
             [run_dir], run_dir, compute_diversity=False, device=env.device, log=env.log
         )
@@ -48,4 +49,7 @@ class ReportStage(Stage):
                 "diversity_mean": result["distilled"]["mean"],
                 "reference_mean": ref.get("mean"),
             },
-        )
+            # not report.md: `prism-hpc report` rewrites it by hand; the stage is redone
+            # whenever a student is (its inputs), so the report never shows an old number
+            run_dir, outputs=[diversity], inputs=env.inputs,
+        )  # fmt: skip

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from prism_hpc.config.schema import Config
+from prism_hpc.stages.sealed import SealedStage
 from prism_hpc.store.atomic import write_marker
-from prism_hpc.workflow import Item, Stage, TaskEnv
+from prism_hpc.workflow import Item, TaskEnv
 
 
-class SqueezeStage(Stage):
+class SqueezeStage(SealedStage):
     name = "squeeze"
     depends_on = ()
 
@@ -39,4 +40,8 @@ class SqueezeStage(Stage):
         info = train_teacher(
             cfg, item.payload["teacher"], env.run_dir, env.device, env.log, env.progress
         )
-        write_marker(self.marker_path(env.run_dir, item), info)
+        out = Path(env.run_dir) / "teachers" / item.key
+        write_marker(
+            self.marker_path(env.run_dir, item), info, env.run_dir,
+            outputs=[out.with_suffix(".pt"), out.with_suffix(".json")], inputs=env.inputs,
+        )  # fmt: skip

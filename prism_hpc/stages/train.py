@@ -13,17 +13,18 @@ from pathlib import Path
 
 from prism_hpc.config.schema import Config
 from prism_hpc.stages.recover import distilled_size
+from prism_hpc.stages.sealed import SealedStage
 from prism_hpc.store.atomic import write_marker
-from prism_hpc.store.rundir import DONE_NAME, student_dir
+from prism_hpc.store.rundir import CKPT_NAME, DONE_NAME, METRICS_NAME, student_dir
 from prism_hpc.train.checks import check_train_config
-from prism_hpc.workflow import Item, Stage, TaskEnv
+from prism_hpc.workflow import Item, TaskEnv
 
 
 def _key(arch: str, seed: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9._-]', '_', arch)}-seed{seed}"
 
 
-class TrainStage(Stage):
+class TrainStage(SealedStage):
     name = "train"
     depends_on = ("relabel",)
     distributed = True
@@ -38,6 +39,9 @@ class TrainStage(Stage):
 
     def marker_path(self, run_dir: Path, item: Item) -> Path:
         return student_dir(run_dir, item.payload["arch"], item.payload["seed"]) / DONE_NAME
+
+    def restart_state(self, run_dir: Path, item: Item) -> list[Path]:
+        return [student_dir(run_dir, item.payload["arch"], item.payload["seed"]) / CKPT_NAME]
 
     def estimate(self, cfg: Config) -> dict:
         n = distilled_size(cfg)
@@ -73,4 +77,5 @@ class TrainStage(Stage):
                 self.marker_path(env.run_dir, item),
                 {"arch": arch, "seed": seed, "final": metrics["final"], "best": metrics["best"],
                  "wall_seconds": metrics["wall_seconds"]},
+                env.run_dir, outputs=[out / CKPT_NAME, out / METRICS_NAME], inputs=env.inputs,
             )  # fmt: skip

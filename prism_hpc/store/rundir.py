@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any
 from prism_hpc.config.load import dump_config
 from prism_hpc.config.schema import Config
 from prism_hpc.errors import UserError
-from prism_hpc.store.atomic import atomic_write_text
+from prism_hpc.store.atomic import atomic_write_text, host_tag, remove_stale_tmp
 
 # students/<arch>/seed<k>/: ckpt.pt (the restart point), metrics.json, then the .done marker
 CKPT_NAME = "ckpt.pt"
@@ -156,31 +159,114 @@ def provenance(argv: list[str] | None = None) -> dict[str, Any]:
     }
 
 
-def new_run_dir(cfg: Config, run_dir: Path | None, raw_input: dict) -> RunDir:
-    """Create a fresh run dir; refuse to touch an existing one (use --resume for that)."""
-    if run_dir is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(cfg.run_root) / cfg.name / stamp
-        suffix = 1
-        while run_dir.exists():  # two submits in the same second
-            run_dir = Path(cfg.run_root) / cfg.name / f"{stamp}-{suffix}"
-            suffix += 1
-    run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"{run_dir}: run directory exists; use --resume {run_dir} to continue it")
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
+def _default_run_dir(cfg: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(cfg.run_root) / cfg.name / stamp
+    suffix = 1
+    while run_dir.exists():  # two submits in the same second
+        run_dir = Path(cfg.run_root) / cfg.name / f"{stamp}-{suffix}"
+        suffix += 1
+    return run_dir
+
+
+def _remove_dead_builds(parent: Path) -> None:
+    """Half-built run directories of killed submits (`.NAME.tmp-HOST-PID` next to runs)."""
+    with contextlib.suppress(OSError):
+        for entry in parent.iterdir():
+            if entry.is_dir() and entry.name.startswith(".") and ".tmp-" in entry.name:
+                remove_stale_tmp(entry, only=entry)
+
+
+def new_run_dir(
+    cfg: Config,
+    run_dir: Path | None,
+    raw_input: dict,
+    build: Callable[[RunDir], None] | None = None,
+) -> RunDir:
+    """Create a fresh run dir, complete or not at all: it is built under a temporary name
+    (config, provenance, then `build`, e.g. the data index) and renamed into place, so a kill
+    or a refusal at any point leaves no half-made run behind. Never touches an existing run
+    (use --resume for that)."""
+    run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(cfg)
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        if run_dir.is_dir():
+            raise UserError(
+                f"{run_dir}: run directory exists; use --resume {run_dir} to continue it"
+            )
+        raise UserError(f"{run_dir}: exists and is not a directory")
+    for parent in run_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{parent}: is not a directory (cannot hold run {run_dir})")
+            break
+    made = [d for d in reversed(run_dir.parents) if not d.exists()]  # removed on a refusal
+    try:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{run_dir}: cannot create a run directory here ({err.strerror})") from None
+    _remove_dead_builds(run_dir.parent)
+    tmp = run_dir.with_name(f".{run_dir.name}.tmp-{host_tag()}-{os.getpid()}")
     old_umask = os.umask(0o027)
     try:
-        run_dir.mkdir(mode=RUN_DIR_MODE, exist_ok=True)
+        tmp.mkdir(mode=RUN_DIR_MODE)
+    except OSError as err:  # read-only, no permission, /proc...: the user's path to fix
+        raise UserError(f"{run_dir}: cannot create a run directory here ({err.strerror})") from None
     finally:
         os.umask(old_umask)
-    rd = RunDir(run_dir)
-    import yaml
+    try:
+        staged = RunDir(tmp)
+        import yaml
 
-    atomic_write_text(rd.input_config, yaml.safe_dump(raw_input, sort_keys=False))
-    atomic_write_text(rd.provenance, json.dumps(provenance(), indent=1) + "\n")
-    atomic_write_text(rd.config, dump_config(cfg))  # written last: marks a complete run dir
-    return rd
+        atomic_write_text(staged.input_config, yaml.safe_dump(raw_input, sort_keys=False))
+        atomic_write_text(staged.provenance, json.dumps(provenance(), indent=1) + "\n")
+        atomic_write_text(staged.config, dump_config(cfg))
+        if build is not None:
+            build(staged)
+        os.chmod(tmp, RUN_DIR_MODE)
+        os.rename(tmp, run_dir)  # onto nothing or an empty folder: atomic
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if still empty
+        raise
+    return RunDir(run_dir)
+
+
+class RunLock:
+    """One live `submit` per run: a POSIX lock on `RUN/.lock` (works over NFSv4 and Lustre),
+    held by the process that runs or submits the stages and released when it exits."""
+
+    def __init__(self, rd: RunDir):
+        self.path = rd.root / ".lock"
+        self._fh = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        fh = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the lock
+        try:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise UserError(
+                f"{self.path.parent}: run is in use by {holder}; wait for it to finish "
+                "(or stop it) before resuming"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                 f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n")  # fmt: skip
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
 def open_run_dir(run_dir: Path, cfg: Config | None = None) -> RunDir:

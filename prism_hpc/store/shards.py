@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from prism_hpc.store.atomic import atomic_path, file_sha256, read_marker, write_marker
+from prism_hpc.store.integrity import check_outputs
 
 
 def marker_for(shard: Path) -> Path:
@@ -27,8 +28,11 @@ def write_shard(
     labels: np.ndarray,
     ipc_index: np.ndarray,
     provenance: dict[str, Any],
+    run_dir: Path | None = None,
+    inputs: dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
-    """Write the shard, then its marker; returns the marker payload."""
+    """Write the shard, then its marker (vouching for the file, and recording `inputs`, the
+    upstream markers it was computed from); returns the marker payload."""
     images = np.ascontiguousarray(images, dtype=np.uint8)
     n = images.shape[0]
     if images.ndim != 4 or len(labels) != n or len(ipc_index) != n:
@@ -45,19 +49,28 @@ def write_shard(
         "sha256": file_sha256(path),
         "file": path.name,
     }
-    write_marker(marker_for(path), payload)
-    return payload
+    root = path.parent if run_dir is None else run_dir
+    return write_marker(marker_for(path), payload, root, outputs=[path], inputs=inputs)
 
 
-def validate_shard(path: Path, expected_rows: int | None = None) -> str | None:
-    """None if the shard and its marker agree, else a one-line reason."""
+def validate_shard(
+    path: Path, expected_rows: int | None = None, full: bool = True
+) -> str | None:
+    """None if the shard and its marker agree, else a one-line reason (`full`: hash it even
+    when size and mtime match)."""
     path = Path(path)
     marker = read_marker(marker_for(path))
     if marker is None:
         return f"{path.name}: no .done marker"
     if not path.is_file():
         return f"{path.name}: marker present but file missing"
-    if file_sha256(path) != marker.get("sha256"):
+    if marker.get("outputs"):
+        key = next(iter(marker["outputs"]))  # run-relative: recover/slice_N.h5
+        root = path.parents[len(Path(key).parts) - 1]
+        bad = check_outputs(root, marker, full=full)
+        if bad:
+            return bad[0]
+    elif file_sha256(path) != marker.get("sha256"):
         return f"{path.name}: checksum differs from its marker"
     if expected_rows is not None and marker.get("rows") != expected_rows:
         return f"{path.name}: {marker.get('rows')} rows, expected {expected_rows}"

@@ -4,9 +4,13 @@ import shutil
 
 from prism_hpc.errors import UserError
 
+BACKENDS = ("auto", "local", "slurm", "debug")
+
 
 def resolve_backend(name: str) -> str:
     """`auto`: SLURM when `sbatch` is on PATH, else the local machine."""
+    if name not in BACKENDS:
+        raise UserError(f"backend {name!r}: expected one of {', '.join(BACKENDS)}")
     if name == "auto":
         if shutil.which("sbatch"):
             from prism_hpc.hpc.backends.slurm import is_slurm_available

@@ -179,7 +179,14 @@ def run_stage(rd: RunDir, plan: StagePlan, registry: StageRegistry, debug: bool 
                 raise
             except Exception as err:  # noqa: BLE001
                 path = _log_path(rd, plan.stage.name, plan.items[index].key)
-                path.write_text(traceback.format_exc())
+                try:
+                    path.write_text(traceback.format_exc())
+                except OSError as log_err:  # a full disk fails the task and its log alike
+                    raise TaskFailed(
+                        f"stage {plan.stage.name} item {index} ({plan.items[index].key}) failed: "
+                        f"{type(err).__name__}: {err}; its log could not be written either "
+                        f"({log_err.strerror})"
+                    ) from None
                 raise _failed(plan, index, rd, f"{type(err).__name__}: {err}") from None
             progress.item_done(plan.items[index].key, time.time() - start)
         return

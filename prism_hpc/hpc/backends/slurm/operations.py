@@ -69,15 +69,21 @@ def resubmit_failed(rd: RunDir, registry: StageRegistry) -> dict[str, list[str]]
     todo: dict[str, list[int]] = {}
     kept: dict[str, dict[int, str]] = {}
     stale: dict[str, dict[int, str]] = {}
+    dirty: set[str] = set()  # stages with items to redo: everything downstream is redone too
     for plan in plans:
         name = plan.stage.name
-        done = {i.index for i in plan.items if plan.stage.is_done(rd.root, i)}
+        if any(dep in dirty for dep in plan.stage.depends_on):
+            done: set[int] = set()
+        else:
+            done = {i.index for i in plan.items if plan.stage.is_done(rd.root, i)}
         alive = {i: t for i, t in sorted(live.get(name, {}).items()) if i not in done}
         upstream_changed = any(dep in changed for dep in plan.stage.depends_on)
         if upstream_changed and alive:
             stale[name], alive = alive, {}
         todo[name] = [i.index for i in plan.items if i.index not in done and i.index not in alive]
         kept[name] = alive
+        if todo[name] or name in dirty or any(dep in dirty for dep in plan.stage.depends_on):
+            dirty.add(name)
         if todo[name] or (upstream_changed and not alive):
             changed.add(name)  # new arrays, or passes its predecessors' new arrays on
     cancelled = [t for tasks in stale.values() for t in tasks.values()]

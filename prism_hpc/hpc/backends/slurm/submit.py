@@ -22,6 +22,7 @@ from prism_hpc.config.schema import Config
 from prism_hpc.errors import TaskFailed
 from prism_hpc.hpc.backends.slurm.env import clean_submission_env
 from prism_hpc.hpc.backends.slurm.query import first_error_line
+from prism_hpc.hpc.pending import pending_items
 from prism_hpc.hpc.plan import StagePlan, make_plan, split, write_plan
 from prism_hpc.hpc.scripts import job_name, setup_lines, warning_signal, write_scripts
 from prism_hpc.store.rundir import RunDir
@@ -177,17 +178,13 @@ def submit_chain(
     return submitted
 
 
-def incomplete(rd: RunDir, plan: StagePlan) -> list[int]:
-    return [i.index for i in plan.items if not plan.stage.is_done(rd.root, i)]
-
-
 def submit_plans(rd: RunDir, cfg: Config, plans: list[StagePlan], attempt: int,
                  only_incomplete: bool) -> dict[str, list[str]]:  # fmt: skip
     """Submit every stage with work left, chained; returns stage -> array job ids."""
-    todo = {
-        p.stage.name: incomplete(rd, p) if only_incomplete else [i.index for i in p.items]
-        for p in plans
-    }
+    if only_incomplete:
+        todo = pending_items(rd.root, plans)
+    else:
+        todo = {p.stage.name: [i.index for i in p.items] for p in plans}
     return submit_chain(rd, cfg, plans, attempt, todo)
 
 
