@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torchvision.transforms import functional as TF
 
@@ -84,3 +85,84 @@ def test_apply_is_differentiable():
     d = augment.AugmentDraw([(2, 2, 10, 14)], [True], (1, 1))
     augment.apply(x, d).square().sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+# --- CDA curriculum (issue 15) -------------------------------------------------------------
+
+
+def _cda(mode: str, **kw) -> AugmentConfig:
+    return AugmentConfig(crop_scale=(0.08, 1.0), curriculum=mode, **kw)
+
+
+def test_cda_schedule_against_hand_values():
+    """CDA's easy-to-hard lower bound (VILA-Lab/SRe2L CDA/recover_cda_in1k.py), by hand:
+    cosine over 4000 iterations, milestone 1: 1.0 at 0, 0.08 + 0.92 * (1 + cos(pi/4)) / 2 at
+    1000, 0.54 at 2000; linear: 0.77 at 1000; step: 1.0 before the milestone, 0.08 after."""
+    at = augment.crop_scale_at
+    cos = _cda("cosine")
+    assert at(cos, 0, 4000) == (1.0, 1.0)
+    assert at(cos, 1000, 4000)[0] == pytest.approx(0.08 + 0.92 * (1 + math.sqrt(0.5)) / 2)
+    assert at(cos, 1000, 4000)[0] == pytest.approx(0.865269, abs=1e-6)
+    assert at(cos, 2000, 4000)[0] == pytest.approx(0.54)
+    assert at(cos, 3999, 4000)[0] == pytest.approx(0.08, abs=1e-6)
+    assert at(cos, 4000, 4000) == (0.08, 1.0)
+    lin = _cda("linear")
+    assert at(lin, 1000, 4000)[0] == pytest.approx(0.77)
+    assert at(lin, 3000, 4000)[0] == pytest.approx(0.31)
+    half = _cda("linear", curriculum_milestone=0.5)  # reaches 0.08 at 50 of 100, then stays
+    assert at(half, 25, 100)[0] == pytest.approx(0.54)
+    assert at(half, 50, 100) == (0.08, 1.0) and at(half, 99, 100) == (0.08, 1.0)
+    stp = _cda("step", curriculum_milestone=0.5)
+    assert at(stp, 49, 100) == (1.0, 1.0) and at(stp, 50, 100) == (0.08, 1.0)
+    assert at(_cda("cosine", curriculum_milestone=0.0), 0, 100) == (0.08, 1.0)
+    start = _cda("cosine", curriculum_start=0.5)  # a lower starting bound
+    assert at(start, 0, 10) == (0.5, 1.0) and at(start, 5, 10)[0] == pytest.approx(0.29)
+    # off, or no step (the init-only loss pass): crop_scale itself
+    assert at(AugmentConfig(crop_scale=(0.08, 1.0)), 0, 4000) == (0.08, 1.0)
+    assert at(cos, None, None) == (0.08, 1.0)
+
+
+def test_cda_off_draws_are_bit_identical_and_on_starts_with_whole_image():
+    plain = AugmentConfig(crop_scale=(0.08, 1.0), jitter=4)
+    g1, g2 = generator(0, "aug"), generator(0, "aug")
+    assert [augment.draw(plain, 32, 4, g1) for _ in range(30)] == [
+        augment.draw(plain, 32, 4, g2, step, 30) for step in range(30)
+    ]
+    cda = _cda("cosine", jitter=4)
+    d0 = augment.draw(cda, 32, 4, generator(0, "aug"), 0, 30)
+    assert d0.boxes == [(0, 0, 32, 32)]  # lower bound 1.0: the whole image
+    areas = [augment.draw(cda, 32, 1, generator(0, "late", s), 29, 30).boxes[0] for s in range(40)]
+    assert min(h * w for _, _, h, w in areas) < 0.5 * 32 * 32  # small crops allowed at the end
+
+
+def test_cda_start_outside_crop_scale_is_refused():
+    with pytest.raises(ValueError, match="curriculum_start must lie inside crop_scale"):
+        AugmentConfig(crop_scale=(0.08, 0.6), curriculum="cosine")
+    AugmentConfig(crop_scale=(0.08, 0.6), curriculum="none")  # unused when off
+
+
+def test_loop_feeds_each_images_own_budget_to_the_curriculum(monkeypatch):
+    """recover_chunk passes (step, iterations) to the draw: the scale follows the chunk's T_i."""
+    from prism_hpc.recover import loop
+
+    seen: list[tuple] = []
+    real = augment.draw
+
+    def spy(cfg, size, batch, g, step=None, total=None):
+        seen.append((step, total))
+        return real(cfg, size, batch, g, step, total)
+
+    monkeypatch.setattr(loop.augment, "draw", spy)
+    monkeypatch.setattr(loop, "recovery_loss", lambda x, *a, **k: (None, torch.zeros(()), torch.zeros(())))
+    monkeypatch.setattr(loop, "prepare_teachers", lambda t, cfg: t)
+    from prism_hpc.config.schema import RecoverConfig
+
+    cfg = RecoverConfig(iterations=5, iteration_step=0, logit_teacher="r", bn_always=["r"],
+                        bn_pool=[], augment=_cda("cosine"))  # fmt: skip
+    x0 = torch.zeros(2, 1, 8, 8)
+    bounds = (torch.full((1, 1, 1, 1), -1.0), torch.full((1, 1, 1, 1), 1.0))
+    from prism_hpc.recover.sampler import Roles
+
+    loop.recover_chunk(x0, torch.arange(2), {}, {}, cfg, 3, bounds, generator(0, "a"),
+                       generator(0, "b"), Roles("r", ("r",)))  # fmt: skip
+    assert seen == [(0, 3), (1, 3), (2, 3)]

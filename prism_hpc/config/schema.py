@@ -77,6 +77,23 @@ class AugmentConfig(Strict):
     flip: bool = True
     jitter: int = Field(32, ge=0)
     per_sample: bool = False  # official: one crop for the whole batch
+    # CDA (curriculum data augmentation, VILA-Lab/SRe2L CDA/recover_cda_in1k.py): the crop
+    # lower bound starts at `curriculum_start` and falls to crop_scale[0] over the first
+    # `curriculum_milestone` of each image's iterations (then stays there); `none` (PRISM,
+    # SRe2L) keeps crop_scale fixed. CDA's ImageNet recipe: cosine, milestone 1, start 1.0.
+    curriculum: Literal["none", "step", "linear", "cosine"] = "none"
+    curriculum_milestone: float = Field(1.0, ge=0, le=1)
+    curriculum_start: float = Field(1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _check_curriculum(self) -> AugmentConfig:
+        lo, hi = self.crop_scale
+        if self.curriculum != "none" and not lo <= self.curriculum_start <= hi:
+            raise ValueError(
+                "augment.curriculum_start must lie inside crop_scale "
+                f"({lo} <= start <= {hi}), got {self.curriculum_start}"
+            )
+        return self
 
 
 class RecoverConfig(Strict):

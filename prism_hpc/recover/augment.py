@@ -1,7 +1,8 @@
 """Differentiable batch augmentation of the recovery loop, drawn from an explicit generator.
 
 Per step: RandomResizedCrop (torchvision's sampling rule) + horizontal flip, for the whole
-batch (official) or per sample, then a jitter roll by (randint(0, J), randint(0, J)).
+batch (official) or per sample, then a jitter roll by (randint(0, J), randint(0, J)). The
+crop's scale range is fixed, or follows CDA's curriculum over the image's iterations.
 Parameters are drawn first and applied second, so the same draw can be replayed exactly.
 """
 
@@ -50,11 +51,49 @@ def crop_box(
     return 0, 0, size, size  # fallback: whole image (ratio of a square is inside RATIO)
 
 
-def draw(cfg: AugmentConfig, size: int, batch: int, g: torch.Generator) -> AugmentDraw:
+def crop_scale_at(
+    cfg: AugmentConfig, step: int | None, total: int | None
+) -> tuple[float, float]:
+    """The RandomResizedCrop scale range of iteration `step` (0-based) of `total`.
+
+    `curriculum: none`, or no step given (the init-only loss pass), is `crop_scale` itself.
+    Otherwise CDA's easy-to-hard rule (VILA-Lab/SRe2L, CDA/recover_cda_in1k.py): while
+    step < milestone * total the lower bound is, with p = step / (milestone * total),
+    step: start; linear: lo + (start - lo) * (1 - p); cosine: lo + (start - lo) * (1 + cos(pi p)) / 2;
+    afterwards lo. CDA itself has lo = 0.08, start = 1.0 and the upper bound 1.0 throughout.
+    """
+    lo, hi = cfg.crop_scale
+    if cfg.curriculum == "none" or step is None or total is None:
+        return lo, hi
+    span = cfg.curriculum_milestone * total
+    if step >= span:
+        return lo, hi
+    p = step / span
+    start = cfg.curriculum_start
+    if cfg.curriculum == "step":
+        low = start
+    elif cfg.curriculum == "linear":
+        low = lo + (start - lo) * (1 - p)
+    else:
+        low = lo + (start - lo) * (1 + math.cos(math.pi * p)) / 2
+    return low, hi
+
+
+def draw(
+    cfg: AugmentConfig,
+    size: int,
+    batch: int,
+    g: torch.Generator,
+    step: int | None = None,
+    total: int | None = None,
+) -> AugmentDraw:
+    """One step's parameters; `step`/`total` (the image's iteration budget) feed the CDA
+    curriculum and change nothing when it is off, so PRISM's draws stay bit-identical."""
     n = batch if cfg.per_sample else 1
+    scale = crop_scale_at(cfg, step, total)
     boxes, flips = [], []
     for _ in range(n):
-        boxes.append(crop_box(size, cfg.crop_scale, g))
+        boxes.append(crop_box(size, scale, g))
         flips.append(bool(cfg.flip and _rand(g) < 0.5))
     shift = (_randint(g, 0, cfg.jitter), _randint(g, 0, cfg.jitter)) if cfg.jitter else (0, 0)
     return AugmentDraw(boxes, flips, shift)

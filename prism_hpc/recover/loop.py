@@ -220,7 +220,7 @@ def recover_chunk(
             used.append(roles)
         for group in opt.param_groups:
             group["lr"] = cosine_lr(cfg.lr, step, iterations)
-        d = augment.draw(cfg.augment, size, x.shape[0], aug_gen)
+        d = augment.draw(cfg.augment, size, x.shape[0], aug_gen, step, iterations)
         opt.zero_grad(set_to_none=True)
         _, ce, bn = recovery_loss(
             x, targets, roles, teachers, hooks, cfg, d, backward=True, scaler=scaler
@@ -391,7 +391,7 @@ def recover_packed(
             roles.append(r)
             for group in opts[j].param_groups:
                 group["lr"] = cosine_lr(cfg.lr, step, u.iterations)
-            draws.append(augment.draw(cfg.augment, xs[j].shape[-1], xs[j].shape[0], u.aug_gen))
+            draws.append(augment.draw(cfg.augment, xs[j].shape[-1], xs[j].shape[0], u.aug_gen, step, u.iterations))
             opts[j].zero_grad(set_to_none=True)
         ce, bn = packed_loss(
             [xs[j] for j in active], [units[j].targets for j in active], roles, draws,
