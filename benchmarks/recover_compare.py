@@ -166,6 +166,54 @@ def paired(a) -> None:
         Path(a.json).write_text(json.dumps(out))
 
 
+def objective_check(a) -> None:
+    """The loss of each variant's configuration against the official objective on the same
+    input and augmentation draws (--draws of them): max |ours - official| / |official|. Packed
+    variants: chunk 0 of the pack (the other chunks only share the teachers' forward)."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from recover_naive import NaiveSetup, naive_objective
+
+    from prism_hpc.recover import augment
+    from prism_hpc.recover.bench import build_problem
+    from prism_hpc.recover.loop import packed_loss, prepare_teachers, recovery_loss
+    from prism_hpc.recover.objective import bn_divisor, bn_hooks
+
+    torch.set_num_threads(a.threads)
+    teachers = a.teachers.split(",")
+    setup = NaiveSetup(teachers, res=a.res, batch=a.batch, seed=0)
+    print("| variant | max relative difference of the loss vs the official objective |")
+    print("|---|---|")
+    for v in [v for v in a.variants.split(",") if v != "naive"]:
+        check_variant(v)
+        tokens = v.split("-")[1:]
+        pack = next((int(t[4:]) for t in tokens if t.startswith("pack")), 1)
+        precision = next((t for t in tokens if t in ("bf16", "fp16")), "fp32")
+        p = build_problem(teachers, a.res, a.batch, precision=precision, pack=pack)
+        models = prepare_teachers(p.models, p.cfg)
+        g = torch.Generator().manual_seed(0)
+        worst = 0.0
+        with bn_hooks(models, p.cfg.first_bn_multiplier) as hooks, torch.no_grad():
+            k = bn_divisor(p.roles.bn, hooks, p.cfg.reduction, p.cfg.count_bnless)
+            for _ in range(a.draws):
+                d = augment.draw(p.cfg.augment, a.res, a.batch, g)
+                ref = naive_objective(setup, setup.problem.x0, setup.problem.targets, d).item()
+                if pack == 1:
+                    got = recovery_loss(p.x0, p.targets, p.roles, models, hooks, p.cfg, d, False)
+                    got = got[0].item()
+                else:
+                    xs = list(p.x0.split(a.batch))
+                    ys = list(p.targets.split(a.batch))
+                    ce, bn = packed_loss(
+                        xs, ys, [p.roles] * pack, [d] * pack, models, hooks, p.cfg, False
+                    )
+                    got = (ce[0] + p.cfg.r_bn / k * bn[0]).item()
+                worst = max(worst, abs(got - ref) / abs(ref))
+        print(f"| {v} | {worst:.1e} ({a.draws} draws) |", flush=True)
+    setup.close()
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -182,7 +230,13 @@ def main(argv=None) -> None:
     ap.add_argument("--json", default=None, help="write every run's result here")
     ap.add_argument("--paired", action="store_true", help="alternate iterations in one process")
     ap.add_argument("--pairs", type=int, default=30, help="--paired: timed iterations each")
+    ap.add_argument("--objective", action="store_true",
+                    help="compare each variant's loss with the official objective instead")  # fmt: skip
+    ap.add_argument("--draws", type=int, default=5, help="--objective: augmentation draws")
     a = ap.parse_args(argv)
+    if a.objective:
+        objective_check(a)
+        return
     if a.paired:
         paired(a)
         return

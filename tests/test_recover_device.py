@@ -78,10 +78,10 @@ def test_packed_loop_runs_on_meta(teachers, host_reads):
             generator(0, "b", j),
             None,
         )
-        for j, (n, t) in enumerate([(4, 5), (3, 4)])
+        for j, (n, t) in enumerate([(4, 5), (4, 4)])  # equal chunks: the one-pass var_mean branch
     ]
     with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
         out = recover_packed(units, teachers, hooks, cfg, bounds)
-    assert [x.shape[0] for x, _, _ in out] == [4, 3]
+    assert [x.shape[0] for x, _, _ in out] == [4, 4]
     assert [[e["step"] for e in h] for _, _, h in out] == [[1, 5], [1, 4]]
     assert host_reads == ["meta"] * 8

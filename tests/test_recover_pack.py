@@ -162,3 +162,28 @@ def test_pack_groups_bn_statistics_per_chunk(teachers):
             )
             assert bn[j].item() == pytest.approx(alone.item(), rel=RTOL_LOSS[_dtype(teachers)])
     assert abs(bn[0].item() - bn[1].item()) > 1e-3 * abs(bn[0].item())
+
+
+def test_grouped_stats_one_pass_equals_per_group(monkeypatch):
+    """The accelerator branch (one var_mean over a (G, B, C, H, W) view of equal groups) gives
+    the per-group values and gradient of the CPU branch; trailing rows get a zero gradient."""
+    from prism_hpc.recover import objective
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 3, 5, 5, generator=g, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last)
+    wv, wm = torch.randn(2, 3, generator=g, dtype=torch.float64).unbind(0)
+    out = {}
+    for forced in (False, True):
+        with monkeypatch.context() as mp:
+            mp.setattr(objective, "_one_pass", lambda xs, sizes, f=forced: f)
+            xi = x.clone().requires_grad_(True)
+            var, mean = objective.grouped_channel_stats(xi, [3, 3])
+            ((var * wv).sum() + (mean * wm).sum()).backward()
+            out[forced] = (var.detach(), mean.detach(), xi.grad)
+    for a, b in zip(out[False], out[True]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    ref_var, ref_mean = torch.var_mean(x[3:6], dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(out[True][0][1], ref_var)
+    torch.testing.assert_close(out[True][1][1], ref_mean)
+    assert torch.equal(out[True][2][6], torch.zeros_like(x[6]))  # not in any group

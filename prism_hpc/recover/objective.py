@@ -81,6 +81,12 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ChannelStats.apply(x)
 
 
+def _one_pass(x: torch.Tensor, sizes: tuple[int, ...]) -> bool:
+    """Equal groups off the CPU: one `var_mean` over a (G, B, C, H, W) view (a test forces it
+    on CPU to check it against the per-group path)."""
+    return x.device.type != "cpu" and len(set(sizes)) == 1
+
+
 class GroupedChannelStats(torch.autograd.Function):
     """`ChannelStats` per group of rows: (var, mean), each (G, C), of rows
     [o_g, o_g + n_g) for consecutive groups from row 0; rows after the last group (packed
@@ -92,7 +98,7 @@ class GroupedChannelStats(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, sizes: tuple[int, ...]):
         xs = fp32(x)
         c = xs.shape[1]
-        if xs.device.type != "cpu" and len(set(sizes)) == 1:
+        if _one_pass(xs, sizes):
             used = xs[: sum(sizes)]
             view = used.reshape(len(sizes), sizes[0], *xs.shape[1:])
             var, mean = torch.var_mean(view, dim=(1, 3, 4), unbiased=False)
