@@ -153,7 +153,8 @@ def test_loop_feeds_each_images_own_budget_to_the_curriculum(monkeypatch):
         return real(cfg, size, batch, g, step, total)
 
     monkeypatch.setattr(loop.augment, "draw", spy)
-    monkeypatch.setattr(loop, "recovery_loss", lambda x, *a, **k: (None, torch.zeros(()), torch.zeros(())))
+    zero = torch.zeros(())
+    monkeypatch.setattr(loop, "recovery_loss", lambda x, *a, **k: (None, zero, zero))
     monkeypatch.setattr(loop, "prepare_teachers", lambda t, cfg: t)
     from prism_hpc.config.schema import RecoverConfig
 
@@ -166,3 +167,27 @@ def test_loop_feeds_each_images_own_budget_to_the_curriculum(monkeypatch):
     loop.recover_chunk(x0, torch.arange(2), {}, {}, cfg, 3, bounds, generator(0, "a"),
                        generator(0, "b"), Roles("r", ("r",)))  # fmt: skip
     assert seen == [(0, 3), (1, 3), (2, 3)]
+
+
+def test_baseline_configs_carry_their_mechanism():
+    """configs/baselines/: SRe2L without the curriculum, CDA and DELT with CDA's cosine from
+    1.0 to 0.08 over all iterations, DELT with the EarlyLate budget (8 rounds of 1/8)."""
+    from pathlib import Path
+
+    from prism_hpc.config.load import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "baselines"
+    rec = {p.stem: load_config(p)[0].recover for p in root.glob("*.yaml")}
+    assert {"fmnist_sre2l", "fmnist_cda", "fmnist_delt", "in1k_cda_ipc50", "in1k_delt_ipc50"} == set(
+        rec
+    )
+    assert rec["fmnist_sre2l"].augment.curriculum == "none"
+    for name in ("fmnist_cda", "fmnist_delt", "in1k_cda_ipc50", "in1k_delt_ipc50"):
+        a = rec[name].augment
+        assert (a.curriculum, a.curriculum_milestone, a.curriculum_start) == ("cosine", 1.0, 1.0)
+        assert a.crop_scale == (0.08, 1.0) and rec[name].bn_pool == []
+    for name in ("fmnist_sre2l", "fmnist_cda", "in1k_cda_ipc50"):
+        assert rec[name].init == "noise" and rec[name].iteration_step == 0
+    d = rec["in1k_delt_ipc50"]
+    assert d.init == "real" and [d.iterations_for(i) for i in (0, 7, 8)] == [4000, 500, 4000]
+    assert rec["fmnist_delt"].iterations_for(7) == 25 and rec["fmnist_delt"].augment.jitter == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_hpc.errors import UserError
-from prism_hpc.metrics import tables
+from prism_hpc.metrics import ddranking, tables
 from prism_hpc.metrics.ablation import ablation_table, selection_label
 from prism_hpc.metrics.measure import run_diversity
 from prism_hpc.metrics.report_figures import ReportFigures
@@ -139,6 +139,15 @@ def write_report(
     paired = tables.paired_table(runs)
     if paired:
         parts.append("### Paired differences\n\n" + paired + "\n")
+    ranked = ddranking.lrs_table(runs)
+    if ranked:
+        parts.append(
+            "## DD-Ranking scores\n\nDD-Ranking's Label-Robust Score (weight 0.5): HLR = "
+            "real-hard - syn-hard, IOR = syn-any - rdm-any (top-1 points), "
+            "LRS = (e^a - e^-1) / (e - e^-1) with a = (IOR - HLR) / 200 (docs/baselines.md).\n\n"
+            + ranked
+            + "\n"
+        )
     per_seed = _per_seed_table(runs)
     if per_seed:
         parts.append(
@@ -211,5 +220,6 @@ def _summary(runs: list[RunInfo]) -> dict[str, Any]:
             for r in runs
             if r.diversity and r.diversity.get("distilled")
         },
+        "ddranking": ddranking.lrs_summary(runs),
         "runs": {r.label: str(r.path) for r in runs},
     }

@@ -247,7 +247,7 @@ def load_run(run_dir: Path) -> RunInfo:
         path=run_dir,
         cfg=cfg,
         method=str(cfg.get("method") or "run"),
-        ipc=int(rec.get("ipc", 0) or 0),
+        ipc=0 if rec.get("ipc") == "all" else int(rec.get("ipc", 0) or 0),  # all: full data
         init=str(rec.get("init", "real")),
         seed=int(cfg.get("seed", 0) or 0),
         data_key=f"{data.get('source', '?')} {data.get('resolution', '?')} px",
