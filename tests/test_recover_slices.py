@@ -226,3 +226,53 @@ def test_packed_task_equals_unpacked(tmp_path, fmnist_teachers, scope):
                 assert e4["ce"] == pytest.approx(e1["ce"], rel=1e-4, abs=1e-6)
                 assert e4["bn"] == pytest.approx(e1["bn"], rel=1e-4)
     assert [c["packed_with"] for c in shards[4][0]["provenance"]["chunks"]] == [4, 4, 4]
+
+
+def test_packed_images_do_not_depend_on_world_size_or_restarts(
+    tmp_path, fmnist_teachers, monkeypatch
+):
+    """The packs are fixed by the task's slices (units in order, k at a time), not by the world
+    size or by what a restart still has to do: 1 rank, 2 gloo ranks and a run killed after its
+    first pack give bit-identical shards."""
+    from prism_hpc.recover import slices
+
+    cfg = _cfg(
+        fmnist_teachers, ipc=2, slices_per_task=2, iterations=8, iteration_step=2,
+        iteration_period=2, classes_per_batch=4, pack=2, log_every=4,
+    )  # fmt: skip
+    stage = RecoverStage()
+    one = config_from_dict(cfg)
+    (item,) = stage.items(one)
+    stage.run(one, item, TaskEnv(run_dir=tmp_path / "ws1", log=lambda m: None))
+    cfg["resources"] = {"recover": {"tasks_per_node": 2}}
+    path = write_yaml(tmp_path / "ws2.yaml", cfg)
+    result = run_cli("submit", path, "--run-dir", tmp_path / "ws2", "--stages", "recover",
+                     "--backend", "local")  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    real, calls = slices.recover_packed, []
+
+    def killed_after_first_pack(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(slices, "recover_packed", killed_after_first_pack)
+    with pytest.raises(KeyboardInterrupt):
+        stage.run(one, item, TaskEnv(run_dir=tmp_path / "killed", log=lambda m: None))
+    counted = []
+    monkeypatch.setattr(
+        slices, "recover_packed", lambda *a, **k: counted.append(1) or real(*a, **k)
+    )
+    stage.run(one, item, TaskEnv(run_dir=tmp_path / "killed", log=lambda m: None))
+    assert len(counted) == 2  # 6 units, packs of 2: the first was kept
+    for s in range(2):
+        ref = read_shard(slice_path(tmp_path / "ws1", s))
+        for other in ("ws2", "killed"):
+            got = read_shard(slice_path(tmp_path / other, s))
+            assert np.array_equal(ref["images"], got["images"]), (other, s)
+            assert [c["history"] for c in ref["provenance"]["chunks"]] == [
+                c["history"] for c in got["provenance"]["chunks"]
+            ]
+    ws2 = read_shard(slice_path(tmp_path / "ws2", 0))["provenance"]
+    assert ws2["world_size"] == 2 and [c["rank"] for c in ws2["chunks"]] == [0, 0, 1]

@@ -216,15 +216,20 @@ def recover_slices_packed(
     log=print,
     progress_dir: Path | None = None,
     members_of: dict[int, list[int] | None] | None = None,
+    done: set[int] | frozenset = frozenset(),
 ) -> Iterator[tuple[int, dict[str, Any] | None]]:
-    """`recover.pack: k`: this rank optimises k chunks at once, across the slices of the task
-    (Fashion-MNIST has one chunk per slice, ImageNet ten). Yields (slice, result) in slice
-    order; rank 0 gets `recover_slice`'s result, other ranks None. Each chunk's result depends
-    only on (seed, slice, chunk), as unpacked (`recover_packed` == separate runs).
+    """`recover.pack: k`: k chunks optimised at once, across the slices of the task
+    (Fashion-MNIST has one chunk per slice, ImageNet ten). Yields (slice, result) for every
+    slice not in `done`, in slice order; rank 0 gets `recover_slice`'s result, other ranks
+    None. Each chunk's result is its separate run's up to fp32 rounding (`recover_packed`).
 
-    Slices are taken in windows just large enough to give every rank k chunks; within a
-    window the chunks are dealt round-robin to the ranks and packed k at a time, then
-    gathered, so memory holds one window of images, not the task's."""
+    The packs depend on the task's slices only: its (slice, chunk) units in order, k at a
+    time; pack p goes to rank p mod world_size, a round of world_size packs is gathered at
+    once, and a slice is yielded when its last pack is in. So the packs, and the images bit
+    for bit, are the same for any world size and after a restart: `slices` must be all the
+    task's slices, finished ones in `done` (a pack that also holds units of a finished slice is
+    recomputed whole; a pack whose units all have progress files is loaded). Memory holds the
+    unfinished slices of one round."""
     rec = cfg.recover
     k = rec.pack
     mean = torch.tensor(stats[0]).view(1, -1, 1, 1)
@@ -237,71 +242,81 @@ def recover_slices_packed(
         chunks_of_slice[s] = chunks_of(
             list(range(num_classes)) if members is None else members, rec.classes_per_batch
         )
-    pos = 0
-    while pos < len(slices):
-        window, units = [], []
-        while pos < len(slices) and (not window or len(units) < k * world_size):
-            s = slices[pos]
-            window.append(s)
-            units += [(s, c) for c in range(len(chunks_of_slice[s]))]
-            pos += 1
+    units = [(s, c) for s in slices for c in range(len(chunks_of_slice[s]))]
+    packs = [units[a : a + k] for a in range(0, len(units), k)]
+    last_pack = {s: max(i for i, p in enumerate(packs) for u in p if u[0] == s) for s in slices}
+    buffered: dict[int, list[dict[str, Any]]] = {}
+    for first in range(0, len(packs), world_size):
         mine: list[dict[str, Any]] = []
-        owned = units[rank::world_size]
-        for start in range(0, len(owned), k):
-            todo = []
-            for s, c in owned[start : start + k]:
-                saved = chunk_progress_path(progress_dir, s, c) if progress_dir else None
-                if saved is not None and (done := load_chunk(saved)) is not None:
-                    log(f"slice {s} chunk {c}: finished before a restart, kept")
-                    mine.append({**done, "slice": s})
-                    continue
-                todo.append((s, c, saved))
-            if not todo:
-                continue
-            began = time.time()
-            pack, meta = [], []
-            for s, c, saved in todo:
-                classes = chunks_of_slice[s][c]
-                x0, init_idx = _init_images(
-                    cfg, source, per_class, s, classes, c, mean, std, device
-                )
-                targets = torch.tensor(classes, device=device)
-                iterations = 0 if rec.init_only else rec.iterations_for(s)
-                pack.append(
-                    PackUnit(
-                        x0.to(device), targets, iterations,
-                        generator(cfg.seed, "recover-augment", s, c),
-                        generator(cfg.seed, "recover-intra", s, c),
-                        slice_roles(cfg, s, c),
-                        progress=lambda e, s=s, c=c, t=iterations: log(
-                            f"slice {s} chunk {c}: step {e['step']}/{t} "
-                            f"ce {e['ce']:.4f} bn {e['bn']:.4f}"
-                        ),
-                    )
-                )  # fmt: skip
-                meta.append((s, c, saved, classes, init_idx, targets))
-            results = recover_packed(pack, teachers, hooks, rec, bounds)
-            seconds = time.time() - began
-            for (s, c, saved, classes, init_idx, targets), (x, used, history) in zip(meta, results):
-                record = _chunk_record(
-                    c, classes, x, used, history, init_idx, teachers, targets, mean, std,
-                    device, seconds, rank,
-                )  # fmt: skip
-                record["packed_with"] = len(todo)
-                if saved is not None:
-                    save_chunk(saved, record)
-                mine.append({**record, "slice": s})
+        index = first + rank
+        pack = packs[index] if index < len(packs) else []
+        if pack and any(s not in done for s, _ in pack):
+            mine = _run_pack(
+                cfg, pack, chunks_of_slice, teachers, hooks, source, per_class, mean, std,
+                bounds, device, rank, log, progress_dir,
+            )  # fmt: skip
+            mine = [r for r in mine if r["slice"] not in done]
         if world_size > 1:
             gathered: list = [None] * world_size if rank == 0 else None
             dist.gather_object(mine, gathered, dst=0)
-            if rank != 0:
-                for s in window:
-                    yield s, None
+            mine = [c for part in gathered for c in part] if rank == 0 else []
+        for r in mine:
+            buffered.setdefault(r["slice"], []).append(r)
+        last = min(first + world_size, len(packs)) - 1
+        for s in slices:
+            if s in done or not first <= last_pack[s] <= last:
                 continue
-            mine = [c for part in gathered for c in part]
-        for s in window:
-            rows = [
-                {k2: v for k2, v in r.items() if k2 != "slice"} for r in mine if r["slice"] == s
-            ]
+            if rank != 0:
+                yield s, None
+                continue
+            rows = [{k2: v for k2, v in r.items() if k2 != "slice"} for r in buffered.pop(s)]
             iterations = 0 if rec.init_only else rec.iterations_for(s)
             yield s, _assemble(cfg, s, iterations, rows, world_size, device, {"pack": k})
+
+
+def _run_pack(
+    cfg, pack, chunks_of_slice, teachers, hooks, source, per_class, mean, std, bounds, device,
+    rank, log, progress_dir,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One pack: loaded when every unit has a progress file, else optimised whole."""
+    rec = cfg.recover
+    saved = [chunk_progress_path(progress_dir, s, c) if progress_dir else None for s, c in pack]
+    if all(p is not None for p in saved):
+        loaded = [load_chunk(p) for p in saved]
+        if all(r is not None for r in loaded):
+            for s, c in pack:
+                log(f"slice {s} chunk {c}: finished before a restart, kept")
+            return [{**r, "slice": s} for r, (s, _) in zip(loaded, pack)]
+    began = time.time()
+    units, meta = [], []
+    for s, c in pack:
+        classes = chunks_of_slice[s][c]
+        x0, init_idx = _init_images(cfg, source, per_class, s, classes, c, mean, std, device)
+        targets = torch.tensor(classes, device=device)
+        iterations = 0 if rec.init_only else rec.iterations_for(s)
+        units.append(
+            PackUnit(
+                x0.to(device), targets, iterations,
+                generator(cfg.seed, "recover-augment", s, c),
+                generator(cfg.seed, "recover-intra", s, c),
+                slice_roles(cfg, s, c),
+                progress=lambda e, s=s, c=c, t=iterations: log(
+                    f"slice {s} chunk {c}: step {e['step']}/{t} "
+                    f"ce {e['ce']:.4f} bn {e['bn']:.4f}"
+                ),
+            )
+        )  # fmt: skip
+        meta.append((s, c, classes, init_idx, targets))
+    results = recover_packed(units, teachers, hooks, rec, bounds)
+    seconds = time.time() - began
+    out = []
+    for (s, c, classes, init_idx, targets), (x, used, history), path in zip(meta, results, saved):
+        record = _chunk_record(
+            c, classes, x, used, history, init_idx, teachers, targets, mean, std, device,
+            seconds, rank,
+        )  # fmt: skip
+        record["packed_with"] = len(pack)
+        if path is not None:
+            save_chunk(path, record)
+        out.append({**record, "slice": s})
+    return out

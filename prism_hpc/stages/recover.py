@@ -138,11 +138,14 @@ class RecoverStage(SealedStage):
             bnless = [n for n in bn_teacher_candidates(cfg) if not hooks[n].has_bn]
             if bnless and env.is_main:
                 env.log("warning: " + bnless_message(bnless, rec.count_bnless, rec.reduction))
-            if rec.pack > 1:  # k chunks at once, across the task's slices
+            if rec.pack > 1:  # k chunks at once, across the task's slices (all of them:
+                # the packs must not depend on which slices a restart still has to do)
+                every = item.payload["slices"]
                 results = recover_slices_packed(
-                    cfg, todo, teachers, hooks, source, per_class, num_classes, stats,
+                    cfg, every, teachers, hooks, source, per_class, num_classes, stats,
                     env.device, env.rank, env.world_size, log=env.log,
                     progress_dir=partial_dir(env.run_dir), members_of=classes_of,
+                    done=set(every) - set(todo),
                 )  # fmt: skip
             else:  # lazily, one slice after the other
                 results = (
