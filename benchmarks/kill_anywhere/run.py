@@ -46,13 +46,13 @@ CONFIG = HERE / "tiny.yaml"
 STAGES = ("squeeze", "recover", "collect", "relabel", "train", "report")
 DONE_LINE = re.compile(r"^\[(\w+)\] (\d+)/(\d+) (?:already )?done")
 PROGRESS_LINE = re.compile(r"^\[\w+\] \d+/\d+ \|")  # throttled by wall time: not an anchor
-TIMING = re.compile(r"\d+(?:\.\d+)? ?(?:s|[KMG]?B)\b")  # "0.7 s", "21.7 KB": differ run to run
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 def line_key(line: str, run_dir: Path) -> str:
-    """A line with what differs between runs (the run's path, timings, sizes) blanked, so the
-    same moment of two runs has the same key."""
-    return TIMING.sub("#", line.replace(str(run_dir), "RUN"))
+    """A line with the run's path and every number blanked (timings, rates and ETAs differ
+    between runs); the occurrence count of the key tells repeated lines apart."""
+    return NUMBER.sub("#", line.replace(str(run_dir), "RUN"))
 
 
 TIMING_KEYS = ("seconds", "time", "wall", "elapsed")  # metrics fields that differ run to run
@@ -127,17 +127,20 @@ class Watched:
         with self.changed:
             self.changed.notify_all()
 
-    def wait_for(self, event: tuple[str, int] | None) -> float | None:
-        """Seconds since start when output line `event` (key, occurrence) appeared (0 for
-        None: the start); None if the process ended first."""
-        if event is None:
+    def wait_for(self, events: list[tuple[str, int]]) -> float | None:
+        """Seconds since start when output line events[0] (key, occurrence) appeared, or the
+        first later one if this run printed something else there (0 for no events: the start);
+        None if the process ended first."""
+        if not events:
             return 0.0
         with self.changed:
-            while event not in self.events:
+            while True:
+                for event in events:
+                    if event in self.events:
+                        return self.events[event]
                 if not self._reader.is_alive():
                     return None
                 self.changed.wait(0.05)
-            return self.events[event]
 
     def kill_group(self) -> bool:
         """SIGKILL the whole process group; False when the run had already exited."""
@@ -381,17 +384,19 @@ class Reference:
     counts: dict[str, int]  # stage -> markers at the end
     events: list[tuple[tuple[str, int], float]]  # every anchor line, in order, with time
 
-    def anchor(self, stage: str, offset: float) -> tuple[tuple[str, int] | None, float]:
-        """The point `offset` s into `stage`'s window, as (last output line before it, seconds
-        after that line): a trial waits for that line in its own run, then for the rest."""
+    def anchor(self, stage: str, offset: float) -> tuple[list[tuple[str, int]], float]:
+        """The point `offset` s into `stage`'s window, as (the last output line before it and
+        the lines after it, seconds after that line): a trial waits for that line (or, if it
+        never comes, the next one that does) in its own run, then for the rest."""
         at = self.windows[stage][0] + offset
-        previous: tuple[str, int] | None = None
-        start = 0.0
-        for event, when in self.events:
+        first, start = 0, 0.0
+        for i, (_, when) in enumerate(self.events):
             if when > at:
                 break
-            previous, start = event, when
-        return previous, at - start
+            first, start = i, when
+        if start == 0.0:  # before the first line: count from process start
+            return [], at
+        return [event for event, _ in self.events[first:]], at - start
 
 
 def run_reference(launch: Launch, config: Path, work: Path) -> Reference:
@@ -453,8 +458,8 @@ def run_trial(launch: Launch, config: Path, ref: Reference, work: Path, trial: i
     result = Trial(trial, stage, round(offset, 3))
     run = work / f"trial_{trial:03d}"
     watched = submit(launch, run, config, work / f"trial_{trial:03d}.log")
-    event, rest = ref.anchor(stage, offset)
-    anchor = watched.wait_for(event)
+    events, rest = ref.anchor(stage, offset)
+    anchor = watched.wait_for(events)
     if anchor is not None:
         delay = watched.start + anchor + rest - time.monotonic()
         if delay > 0:
@@ -581,6 +586,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of every run")
     p.add_argument("--commit", help="run this commit's code (git archive) instead of the checkout")
     p.add_argument("--keep", action="store_true", help="keep clean trials' run directories")
+    p.add_argument("--max-minutes", type=float,
+                   help="start no new trial after this long; the table has the trials done")  # fmt: skip
     args = p.parse_args(argv)
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in args.stages if s not in STAGES]
@@ -608,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"kill-anywhere: stage(s) {missing} did not run in the reference")
     trials = []
     for t in range(args.trials):
+        if t and args.max_minutes and time.time() - began > 60 * args.max_minutes:
+            print(f"--max-minutes {args.max_minutes}: stopping after {t} trial(s)", flush=True)
+            break
         stage, offset = draw(args.seed, t, args.stages, ref)
         result = run_trial(launch, args.config.resolve(), ref, work, t, stage, offset)
         trials.append(result)
