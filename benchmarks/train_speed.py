@@ -95,12 +95,15 @@ def child(args: argparse.Namespace) -> None:
 
     trainer.save_checkpoint = lambda path, state: None  # time steps, not checkpoint writes
     stamps: list[float] = []
+    cpu: list[float] = []  # this process's CPU time: robust to other load on a shared machine
     out = Path(tempfile.mkdtemp(prefix="train-speed-"))
     m = trainer.train_student(cfg, run_dir, args.arch, 0, out, device=args.device,
                               log=lambda s: None, eval_data=NoEval(),
-                              progress=lambda info: stamps.append(time.perf_counter()))  # fmt: skip
+                              progress=lambda info: (stamps.append(time.perf_counter()),
+                                                     cpu.append(time.process_time())))  # fmt: skip
     timed = stamps[-1] - stamps[0]
     print(json.dumps({"images_per_s": (len(stamps) - 1) * args.images / timed,
+                      "images_per_cpu_s": (len(cpu) - 1) * args.images / (cpu[-1] - cpu[0]),
                       "losses": [t["loss"] for t in m["train"]]}))  # fmt: skip
 
 
@@ -177,19 +180,23 @@ def main() -> None:
                       flush=True)  # fmt: skip
         base = statistics.median(r["images_per_s"] for r in results["before"])
         ref_losses = results["before"][0]["losses"]
+        base_cpu = statistics.median(r.get("images_per_cpu_s", 0) for r in results["before"])
         for v in variants:
             med = statistics.median(r["images_per_s"] for r in results[v])
+            med_cpu = statistics.median(r.get("images_per_cpu_s", 0) for r in results[v])
             losses = results[v][0]["losses"]
             diff = max(abs(x - y) / abs(y) for x, y in zip(losses, ref_losses))
-            rows.append((res, arch, v, med, med / base, diff, losses,
+            rows.append((res, arch, v, med, med / base, med_cpu, med_cpu / max(base_cpu, 1e-9),
+                         diff, losses,
                          [round(r["images_per_s"], 2) for r in results[v]]))  # fmt: skip
     lines = [
-        ("| px | student | trainer | images/s (median) | x before | max rel. loss diff "
-        "| losses per epoch | runs |"),
-        "|---|---|---|---|---|---|---|---|",
+        ("| px | student | trainer | images/s (median) | x before | images per main-process "
+         "CPU-s | x before | max rel. loss diff | losses per epoch | runs (images/s) |"),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for res, arch, v, med, ratio, diff, losses, runs in rows:
-        lines.append(f"| {res} | {arch} | {v} | {med:.2f} | {ratio:.2f} | {diff:.1e} | "
+    for res, arch, v, med, ratio, mcpu, rcpu, diff, losses, runs in rows:
+        lines.append(f"| {res} | {arch} | {v} | {med:.2f} | {ratio:.2f} | {mcpu:.2f} | "
+                     f"{rcpu:.2f} | {diff:.1e} | "
                      f"{', '.join(f'{x:.4f}' for x in losses)} | {runs} |")  # fmt: skip
     note = (f"({time.time() - t_start:.0f} s; {a.reps} alternated runs per variant, "
             f"{a.threads} thread(s), {a.images} images x {a.epochs} epochs per run, the first "
