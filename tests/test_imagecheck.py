@@ -30,12 +30,12 @@ def test_each_kind_of_broken_file_is_named(tmp_path):
     jpeg, png = _encoded("JPEG"), _encoded("PNG")
     cases = {
         "empty.jpg": (b"", "empty file"),
-        "cut.JPEG": (jpeg[: len(jpeg) // 2], "truncated (no end-of-image marker)"),
-        "cut.png": (png[:-20], "truncated (no end-of-image marker)"),
-        "page.jpg": (b"<html>404 not found</html>", "not a jpg file"),
-        "._apple.jpeg": (b"\x00\x05\x16\x07" + b"\x00" * 60, "not a jpeg file"),
-        "png-named.jpg": (png, "not a jpg file"),
+        "cut.JPEG": (jpeg[: len(jpeg) // 2], "truncated jpeg (no end-of-image marker)"),
+        "cut.png": (png[:-20], "truncated png (no end-of-image marker)"),
+        "page.jpg": (b"<html>404 not found</html>", "not an image (unknown header)"),
+        "._apple.jpeg": (b"\x00\x05\x16\x07" + b"\x00" * 60, "not an image (unknown header)"),
     }
+    (tmp_path / "png-named.JPEG").write_bytes(png)  # ImageNet has one: PIL reads it, so do we
     for name, (data, _) in cases.items():
         (tmp_path / name).write_bytes(data)
     padded = tmp_path / "padded.jpg"  # some writers pad after the end marker: still fine
@@ -78,7 +78,7 @@ def test_submit_names_a_broken_image_before_anything_runs(tmp_path):
     line = result.stderr.strip()
     assert "\n" not in line
     assert line.endswith(
-        f"1 of the 6 images the run reads are broken: {broken}: truncated (no end-of-image "
-        "marker); replace or remove them"
+        f"1 of the 6 images the run reads are broken: {broken}: truncated jpeg (no "
+        "end-of-image marker); replace or remove them"
     )
     assert not (tmp_path / "runs").exists()  # refused inside the build: nothing is left

@@ -12,34 +12,37 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-# magic bytes at the start, and what a complete file ends with (None: no trailer check)
-_FORMATS: dict[str, tuple[tuple[bytes, ...], bytes | None]] = {
-    ".jpg": ((b"\xff\xd8\xff",), b"\xff\xd9"),
-    ".jpeg": ((b"\xff\xd8\xff",), b"\xff\xd9"),
-    ".png": ((b"\x89PNG\r\n\x1a\n",), b"IEND\xaeB`\x82"),
-    ".bmp": ((b"BM",), None),
-    ".webp": ((b"RIFF",), None),
-}
+# magic bytes at the start, and what a complete file ends with (None: no trailer check). The
+# format is told by the header, not the name: ImageNet itself has a PNG named .JPEG
+# (n02105855_2933.JPEG), which PIL, and so the pipeline, reads without complaint.
+_FORMATS: tuple[tuple[str, bytes, bytes | None], ...] = (
+    ("jpeg", b"\xff\xd8\xff", b"\xff\xd9"),
+    ("png", b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"),
+    ("bmp", b"BM", None),
+    ("webp", b"RIFF", None),
+    ("gif", b"GIF8", None),
+)
 TAIL_SLACK = 64  # JPEG writers may pad after the end-of-image marker
 
 
 def image_problem(path: Path) -> str | None:
-    """None if the file looks like a complete image of its extension, else why not."""
+    """None if the file looks like a complete image, else why not."""
     path = Path(path)
-    magic, trailer = _FORMATS.get(path.suffix.lower(), ((), None))
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
             if not head:
                 return "empty file"
-            if magic and not any(head.startswith(m) for m in magic):
-                return f"not a {path.suffix.lower().lstrip('.')} file"
+            found = [(name, tail) for name, magic, tail in _FORMATS if head.startswith(magic)]
+            if not found:
+                return "not an image (unknown header)"
+            name, trailer = found[0]
             if trailer is not None:
                 fh.seek(0, 2)
                 size = fh.tell()
                 fh.seek(max(0, size - TAIL_SLACK))
                 if trailer not in fh.read():
-                    return "truncated (no end-of-image marker)"
+                    return f"truncated {name} (no end-of-image marker)"
     except OSError as err:
         return f"unreadable ({err.strerror or err})"
     return None
