@@ -76,8 +76,11 @@ def test_progress_file_log_lines_and_status(tmp_path):
                                       "workers": 0})  # fmt: skip
     lines: list[str] = []
     out = student_dir(run_dir, "resnet18", 0)
+    shown: list[dict] = []
     m = train_student(cfg, run_dir, "resnet18", 0, out, log=lines.append,
-                      eval_data=EvalData(cfg, 50))  # fmt: skip
+                      eval_data=EvalData(cfg, 50), progress=shown.append)  # fmt: skip
+    # the display callback: each progress line, then the end of each epoch
+    assert [d["epoch"] for d in shown] == ["0+1/3", "0+2/3", 1, "1+1/3", "1+2/3", 2]
     step_lines = [s for s in lines if " step " in s]
     assert len(step_lines) == 2 * 2  # steps 1 and 2 of 3 in each epoch (the 3rd ends it)
     assert "epoch 0/2 step 1/3 loss" in step_lines[0] and " img/s ETA " in step_lines[0]

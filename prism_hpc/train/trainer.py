@@ -383,7 +383,11 @@ def train_student(
                     ema.update(model)
                 prog.step(batch["n"])
                 if (b + 1) % st.log_every == 0 and b + 1 < steps:
-                    prog.report(epoch, b + 1, float(loss_sum) / max(seen, 1), lr)
+                    running = float(loss_sum) / max(seen, 1)
+                    prog.report(epoch, b + 1, running, lr)
+                    if progress is not None:  # the local backend's terminal line
+                        progress({"epoch": f"{epoch}+{b + 1}/{steps}", "epochs": epochs,
+                                  "loss": round(running, 4), "img/s": round(prog.rate(), 1)})  # fmt: skip
             train_loss = float(loss_sum) / max(seen, 1)
             if not math.isfinite(train_loss):
                 raise RuntimeError(
