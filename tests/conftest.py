@@ -97,3 +97,24 @@ def tiny_cfg_pretrained(tiny_cfg, tiny_teachers) -> dict:
         tiny_cfg["teachers"][name]["weights"] = path
     tiny_cfg["squeeze"]["enabled"] = False
     return tiny_cfg
+
+
+def submit_imagefolder(tmp_path: Path, root: Path, name: str, ipc: int):
+    """`prism-hpc submit` of a minimal run on the ImageFolder at `root` (random teacher, two
+    iterations): the submit-time checks of real-world folders run exactly as for users."""
+    import subprocess
+    import sys
+
+    cfg = {
+        "name": name, "run_root": str(tmp_path / "runs"),
+        "data": {"source": "imagefolder", "root": str(root), "resolution": 8, "channels": 3},
+        "teachers": {"r": {"arch": "resnet18", "width": 0.25, "weights": "random"}},
+        "squeeze": {"enabled": False},
+        "recover": {"ipc": ipc, "iterations": 2, "iteration_step": 0, "logit_teacher": "r",
+                    "bn_always": ["r"], "bn_pool": []},
+        "relabel": {"teachers": ["r"]},
+    }  # fmt: skip
+    path = write_yaml(tmp_path / "c.yaml", cfg)
+    return subprocess.run([sys.executable, "-m", "prism_hpc.cli", "submit", str(path),
+                           "--backend", "local"], capture_output=True, text=True,
+                          check=False)  # fmt: skip

@@ -15,6 +15,7 @@ from prism_hpc.config.schema import DataConfig
 from prism_hpc.data import listing
 from prism_hpc.data.sources import open_source, write_data_index
 from prism_hpc.errors import UserError
+from tests.conftest import submit_imagefolder
 
 
 def _image(path: Path, value: int) -> None:
@@ -80,28 +81,10 @@ def test_validation_classes_are_the_training_classes_by_name(folder):
 
 
 def test_submit_refuses_a_val_folder_missing_a_class_naming_it(folder, tmp_path):
-    import subprocess
-    import sys
-
-    import yaml
-
     (folder / "val" / "n03" / "val_2.jpeg").unlink()
     (folder / "val" / "n03").rmdir()
     (folder / "val" / ".ipynb_checkpoints").mkdir()  # hidden: neither a class nor an error
-    cfg = {
-        "name": "shifted", "run_root": str(tmp_path / "runs"),
-        "data": {"source": "imagefolder", "root": str(folder), "resolution": 8, "channels": 3},
-        "teachers": {"r": {"arch": "resnet18", "width": 0.25, "weights": "random"}},
-        "squeeze": {"enabled": False},
-        "recover": {"ipc": 1, "iterations": 2, "iteration_step": 0, "logit_teacher": "r",
-                    "bn_always": ["r"], "bn_pool": []},
-        "relabel": {"teachers": ["r"]},
-    }  # fmt: skip
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    result = subprocess.run([sys.executable, "-m", "prism_hpc.cli", "submit", str(path),
-                             "--backend", "local"], capture_output=True, text=True,
-                            check=False)  # fmt: skip
+    result = submit_imagefolder(tmp_path, folder, "shifted", ipc=1)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "missing ['n03']" in lines[0], result.stderr

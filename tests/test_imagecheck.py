@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from prism_hpc.data.imagecheck import image_problem, unreadable_images
+from tests.conftest import submit_imagefolder
 
 
 def _encoded(fmt: str) -> bytes:
@@ -46,11 +47,6 @@ def test_each_kind_of_broken_file_is_named(tmp_path):
 
 
 def test_submit_names_a_broken_image_before_anything_runs(tmp_path):
-    import subprocess
-    import sys
-
-    import yaml
-
     root = tmp_path / "data"
     for split, n in (("train", 3), ("val", 1)):
         for c in ("cat", "dog"):
@@ -60,20 +56,7 @@ def test_submit_names_a_broken_image_before_anything_runs(tmp_path):
                 (folder / f"{c}{k}.jpg").write_bytes(_encoded("JPEG"))
     broken = root / "train" / "dog" / "dog0.jpg"
     broken.write_bytes(broken.read_bytes()[:100])
-    cfg = {
-        "name": "broken", "run_root": str(tmp_path / "runs"),
-        "data": {"source": "imagefolder", "root": str(root), "resolution": 8, "channels": 3},
-        "teachers": {"r": {"arch": "resnet18", "width": 0.25, "weights": "random"}},
-        "squeeze": {"enabled": False},
-        "recover": {"ipc": 2, "iterations": 2, "iteration_step": 0, "logit_teacher": "r",
-                    "bn_always": ["r"], "bn_pool": []},
-        "relabel": {"teachers": ["r"]},
-    }  # fmt: skip
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    result = subprocess.run([sys.executable, "-m", "prism_hpc.cli", "submit", str(path),
-                             "--backend", "local"], capture_output=True, text=True,
-                            check=False)  # fmt: skip
+    result = submit_imagefolder(tmp_path, root, "broken", ipc=2)
     assert result.returncode == 2, result.stderr
     line = result.stderr.strip()
     assert "\n" not in line
