@@ -149,3 +149,30 @@ def test_eval_scripts_run_the_evaluation_entry_point(tmp_path, tiny_cfg):
     assert calls[0] == f"py -m prism_hpc.train.eval_array {out} --array 0 2"
     assert calls[1] == f"py -m prism_hpc.train.eval_array {out} 2"
     assert calls[2].startswith("srun ") and calls[2].endswith(f"-m prism_hpc.hpc.task {out} train 2")
+
+
+def test_fused_optimizer_rides_with_channels_last_and_keeps_the_losses(tmp_path):
+    from prism_hpc.train.trainer import make_optimizer, use_fused_optimizer
+
+    cpu = torch.device("cpu")
+    plain, _ = make_run(tmp_path / "a", relabel={"mode": "online"},
+                        students={"epochs": 2, "workers": 0})  # fmt: skip
+    assert not use_fused_optimizer(plain, cpu)  # the CPU default path stays bitwise
+    assert use_fused_optimizer(plain, torch.device("cuda"))  # channels_last's default
+    cl = config_from_dict({**plain.model_dump(), "students": {**plain.students.model_dump(),
+                           "channels_last": True}})  # fmt: skip
+    assert use_fused_optimizer(cl, cpu)
+    model = torch.nn.Linear(3, 2)
+    assert make_optimizer(plain, model, True).defaults["fused"] is True
+    assert not make_optimizer(plain, model).defaults.get("fused")
+    runs = {}
+    for fused in (False, True):
+        cfg, run_dir = make_run(tmp_path / f"f{fused}", relabel={"mode": "online"},
+                                students={"epochs": 2, "workers": 0, "fused_optimizer": fused})  # fmt: skip
+        lines: list[str] = []
+        m = train_student(cfg, run_dir, "resnet18", 0, tmp_path / f"out{fused}", log=lines.append,
+                          eval_data=EvalData(cfg, 50))  # fmt: skip
+        runs[fused] = [e["loss"] for e in m["train"]]
+        assert ("fused optimizer" in lines[0]) is fused
+    # the fused kernel sums in another order, nothing else: the losses agree to rounding
+    assert runs[True] == pytest.approx(runs[False], rel=1e-5)
