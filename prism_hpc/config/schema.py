@@ -253,6 +253,7 @@ class StudentsConfig(Strict):
     # auto: bf16 autocast on GPU when `amp`, fp32 on CPU; bf16: autocast also on CPU
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool | None = None  # None: on GPU only (CPU default keeps results bitwise)
+    fused_optimizer: bool | None = None  # None: with channels_last (the rounding-only fast path)
     workers: int = Field(1, ge=0)  # DataLoader workers building step batches (0: in-process)
     prefetch: int = Field(4, ge=1)  # step batches each worker prepares ahead
     log_every: int = Field(100, ge=1)  # steps between progress lines (the only host syncs)
