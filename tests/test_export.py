@@ -88,3 +88,63 @@ def test_exports_a_collected_virtual_dataset(tmp_path):
     for (c, s), img in pixels.items():
         with Image.open(out / f"new{c:03d}" / f"class{c:03d}_id{s:03d}.png") as png:
             np.testing.assert_array_equal(np.asarray(png), img.transpose(1, 2, 0))
+
+
+def _imagefolder_matches_h5(run_dir, out):
+    """Load `out` as DD-Ranking does (`torchvision.datasets.ImageFolder(root=image_path)`) and
+    compare every sample's class index and pixels with distilled.h5. Returns the dataset."""
+    from torchvision.datasets import ImageFolder
+
+    with h5py.File(run_dir / "distilled.h5", "r") as f:
+        images, labels, ipc = f["images"][:], f["labels"][:], f["ipc_index"][:]
+    ds = ImageFolder(str(out))
+    n = int(labels.max()) + 1
+    assert ds.classes == sorted(ds.classes) and len(ds.classes) == n
+    assert [ds.class_to_idx[name] for name in ds.classes] == list(range(n))
+    # class-major, IPC index ascending: the order DD-Ranking's tensor input and hard labels
+    # (`[c] * ipc for c in range(num_classes)`) assume
+    order = np.lexsort((ipc, labels))
+    assert len(ds) == len(order)
+    for k, row in enumerate(order):
+        pil, target = ds[k]
+        assert target == labels[row]
+        img = images[row]
+        rgb = np.repeat(img, 3, axis=0) if img.shape[0] == 1 else img  # the loader makes RGB
+        np.testing.assert_array_equal(np.asarray(pil).transpose(2, 0, 1), rgb)
+    return ds
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_imagefolder_of_120_classes_has_class_index_equal_to_label(tmp_path, channels):
+    """> 100 classes: an unpadded (`new100` < `new11`) or mixed-width scheme would renumber
+    classes under sorting; 3-digit padding keeps index == label."""
+    _distilled(tmp_path / "run", channels, num_classes=120, ipc=2, size=4, seed=3)
+    out = tmp_path / "export"
+    assert export_imagefolder(tmp_path / "run", out) == 240
+    ds = _imagefolder_matches_h5(tmp_path / "run", out)
+    assert ds.classes[:3] == ["new000", "new001", "new002"] and ds.classes[-1] == "new119"
+    assert sorted(p.name for p in (out / "new100").iterdir()) == [
+        "class100_id000.png", "class100_id001.png"]  # fmt: skip
+
+
+def test_name_width_sorts_numerically_beyond_1000():
+    from prism_hpc.store.export import digits, sre2l_name
+
+    assert [digits(n) for n in (1, 10, 1000, 1001, 12000)] == [3, 3, 3, 4, 5]
+    assert sre2l_name(7, 12) == "new007/class007_id012.png"  # the SRe2L layout up to 1000
+    for count in (120, 1000, 1200):
+        w = digits(count)
+        names = [sre2l_name(c, 0, w) for c in range(count)]
+        assert sorted(names) == names
+        ids = [sre2l_name(0, i, 3, digits(count)) for i in range(count)]
+        assert sorted(ids) == ids  # IPC > 1000 (`ipc: all`): file order = IPC order
+
+
+def test_refuses_a_set_that_lacks_a_class(tmp_path):
+    _distilled(tmp_path / "run", 1, num_classes=4, ipc=1)
+    with h5py.File(tmp_path / "run" / "distilled.h5", "a") as f:
+        f["labels"][1] = 3  # class 1 has no image left: ImageFolder would call class 2 "1"
+        f["ipc_index"][1] = 1
+    with pytest.raises(UserError, match=r"missing \[1\]"):
+        export_imagefolder(tmp_path / "run", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
