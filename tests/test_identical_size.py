@@ -54,7 +54,8 @@ def test_every_real_image_is_used_exactly_once(tmp_path, uneven_imagenet):
     path = _config(tmp_path, root)
     plan = run_cli("plan", path, "--out", tmp_path / "dry")
     assert plan.returncode == 0, plan.stderr
-    recover = json.loads((tmp_path / "dry" / "plan.json").read_text())[1]
+    entries = json.loads((tmp_path / "dry" / "plan.json").read_text())
+    recover = next(e for e in entries if e["stage"] == "recover")
     total = sum(counts.values())  # 1 + 1 + 3 + 3 + 3 + 5
     assert len(recover["items"]) == 5 and recover["estimate"]["images"] == total == 16
     assert "5 slice(s) x 6..1 classes = 16 images" in recover["estimate"]["note"]

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-STAGE_NAMES = ("squeeze", "recover", "collect", "relabel", "train", "report")
+STAGE_NAMES = ("squeeze", "rank", "recover", "collect", "relabel", "train", "report")
 
 
 class Strict(BaseModel):
@@ -117,6 +117,11 @@ class RecoverConfig(Strict):
     l2_scale: float = Field(0.0, ge=0)
     tv_scale: float = Field(0.0, ge=0)
     init: Literal["real", "noise"] = "real"
+    # Which real image initialises IPC slot i of class c: `file` = the i-th in file order
+    # (PRISM/SRe2L); `delt_medium` / `delt_top` / `delt_min` = DELT's orders by the ranker's
+    # true-class probability (recover/ranking.py), computed once by the `rank` stage
+    init_order: Literal["file", "delt_medium", "delt_top", "delt_min"] = "file"
+    ranker: str | None = None  # the rank stage's model; None: logit_teacher
     # No optimisation: store the initial images (real or noise) unchanged, quantised to uint8 like
     # every distilled set. The "initial images" baseline row, relabeled and trained exactly like
     # the recovered sets; teachers still run once to record CE/BN/top-1 of the initial images.
@@ -174,6 +179,12 @@ class RecoverConfig(Strict):
         lo, hi = self.augment.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {lo, hi}")
+        if self.init_order != "file" and self.init != "real":
+            raise ValueError(
+                f"recover.init_order {self.init_order} orders real images: set recover.init real"
+            )
+        if self.init_order != "file" and self.ranker is None and self.logit_teacher is None:
+            raise ValueError(f"recover.init_order {self.init_order}: set recover.ranker")
         return self
 
     def iterations_for(self, ipc_index: int) -> int:
@@ -184,6 +195,10 @@ class RecoverConfig(Strict):
         names = ([self.logit_teacher] if self.logit_teacher else []) + self.logit_pool
         names += self.bn_always + self.bn_pool
         return list(dict.fromkeys(names))
+
+    def ranker_name(self) -> str | None:
+        """The rank stage's model (`ranker`, else the logit teacher)."""
+        return self.ranker or self.logit_teacher
 
 
 class RelabelConfig(Strict):
@@ -368,6 +383,7 @@ RESOURCE_DEFAULTS = StageResources(
 class Resources(Strict):
     default: StageResources = Field(default_factory=StageResources)
     squeeze: StageResources = Field(default_factory=StageResources)
+    rank: StageResources = Field(default_factory=StageResources)
     recover: StageResources = Field(default_factory=StageResources)
     collect: StageResources = Field(default_factory=StageResources)
     relabel: StageResources = Field(default_factory=StageResources)
@@ -405,6 +421,8 @@ class Config(Strict):
     def _teachers_known(self) -> Config:
         pool = set(self.teachers)
         used = {"recover": self.recover.teacher_names()}
+        if self.recover.init_order != "file":
+            used["recover.ranker"] = [self.recover.ranker_name()]
         if self.relabel.mode != "none":
             used["relabel.teachers"] = self.relabel.teachers
         if self.metrics.extractor:

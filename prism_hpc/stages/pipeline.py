@@ -1,5 +1,6 @@
-"""squeeze -> recover -> collect -> relabel -> train -> report: PRISM's pipeline, as the one
-`StageRegistry` that the CLI hands to the cluster layer."""
+"""squeeze -> rank -> recover -> collect -> relabel -> train -> report: PRISM's pipeline, as
+the one `StageRegistry` that the CLI hands to the cluster layer (rank has no item unless
+`recover.init_order` asks for DELT's order)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ REGISTRY_REF = "prism_hpc.stages.pipeline:registry"
 
 def registry() -> StageRegistry:
     from prism_hpc.stages.collect import CollectStage
+    from prism_hpc.stages.rank import RankStage
     from prism_hpc.stages.recover import RecoverStage
     from prism_hpc.stages.relabel import RelabelStage
     from prism_hpc.stages.report import ReportStage
@@ -17,7 +19,8 @@ def registry() -> StageRegistry:
     from prism_hpc.stages.train import TrainStage
 
     stages = (
-        SqueezeStage(), RecoverStage(), CollectStage(), RelabelStage(), TrainStage(), ReportStage()
+        SqueezeStage(), RankStage(), RecoverStage(), CollectStage(), RelabelStage(), TrainStage(),
+        ReportStage(),
     )  # fmt: skip
     from prism_hpc.data.listing import use_run_index
 

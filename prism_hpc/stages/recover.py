@@ -50,7 +50,7 @@ def distilled_size(cfg: Config) -> int:
 
 class RecoverStage(SealedStage):
     name = "recover"
-    depends_on = ("squeeze",)
+    depends_on = ("squeeze", "rank")  # rank: DELT's init order (no item unless asked for)
     distributed = True
 
     def items(self, cfg: Config) -> list[Item]:
@@ -128,6 +128,11 @@ class RecoverStage(SealedStage):
                 f"data.num_classes = {num_classes}: the data has {source.num_classes} classes"
             )
         per_class = class_index(source.labels, num_classes)
+        if rec.init_order != "file":  # slot i of class c: the i-th image of the rank order
+            from prism_hpc.recover.ranking import load_order
+            from prism_hpc.stages.rank import order_path
+
+            per_class = load_order(order_path(env.run_dir), per_class)
         classes_of = slice_rows(cfg)
         stats = source_stats(cfg.data)
         names = rec.teacher_names()
