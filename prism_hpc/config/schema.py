@@ -96,8 +96,37 @@ class AugmentConfig(Strict):
         return self
 
 
+class RdedConfig(Strict):
+    """RDED (Sun et al., CVPR 2024; code LINs-lab/RDED): no optimisation. Per class and IPC
+    slice, `candidates` real images, `crops` random square crops of each scored by the observer
+    (`recover.logit_teacher`), the best crop per image kept, the `factor**2` best of those
+    stitched into one image (docs/baselines.md)."""
+
+    factor: int = Field(2, ge=1, le=8)  # RDED: 2 for 224 px ImageNet sets, 1 for 32/64 px sets
+    candidates: int = Field(30, ge=1)  # real images per class per slice (RDED mipc / ipc)
+    crops: int = Field(5, ge=1)  # RDED --num-crop
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area, ratio fixed at 1
+    score_batch: int = Field(256, ge=1)  # observer forward chunk (memory only)
+
+    @model_validator(mode="after")
+    def _check_rded(self) -> RdedConfig:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"rded.crop_scale must satisfy 0 < lo <= hi <= 1, got {lo, hi}")
+        if self.candidates < self.factor**2:
+            raise ValueError(
+                f"rded.candidates = {self.candidates} < factor**2 = {self.factor**2}: every "
+                "patch of an image comes from a different real image"
+            )
+        return self
+
+
 class RecoverConfig(Strict):
     preset: Literal["clean", "official"] = "clean"
+    # How a slice's images are made: `optimize` (PRISM, SRe2L, CDA, DELT: the recovery loop)
+    # or `rded` (scored real crops stitched, no optimisation; the `rded` block)
+    synthesis: Literal["optimize", "rded"] = "optimize"
+    rded: RdedConfig = Field(default_factory=RdedConfig)
     # images per class; `all`: identical-size distillation (every real image once: slice i
     # holds the classes with more than i images, so slices shrink instead of stopping at the
     # smallest class)
@@ -179,6 +208,14 @@ class RecoverConfig(Strict):
         lo, hi = self.augment.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {lo, hi}")
+        if self.synthesis == "rded":
+            if self.ipc == "all" or self.init_only or self.pack > 1 or self.logit_pool:
+                raise ValueError(
+                    "synthesis rded needs an integer ipc, init_only false, pack 1 and one "
+                    "observer (logit_teacher, no logit_pool)"
+                )
+            if self.logit_teacher is None:
+                raise ValueError("synthesis rded: set logit_teacher (the observer)")
         if self.init_order != "file" and self.init != "real":
             raise ValueError(
                 f"recover.init_order {self.init_order} orders real images: set recover.init real"

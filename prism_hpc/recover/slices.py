@@ -23,6 +23,7 @@ from torch import nn
 from prism_hpc.config.schema import Config
 from prism_hpc.data.index import initial_indices
 from prism_hpc.recover.loop import PackUnit, pixel_bounds, recover_chunk, recover_packed
+from prism_hpc.recover.rded import rded_chunk
 from prism_hpc.recover.sampler import Roles, sample_roles
 from prism_hpc.seeding import derive_seed, generator
 from prism_hpc.store.atomic import atomic_path
@@ -106,7 +107,8 @@ def recover_slice(
     mean = torch.tensor(stats[0]).view(1, -1, 1, 1)
     std = torch.tensor(stats[1]).view(1, -1, 1, 1)
     bounds = pixel_bounds(stats[0], stats[1], device)
-    iterations = 0 if rec.init_only else rec.iterations_for(slice_index)
+    rded = rec.synthesis == "rded"  # no optimisation: scored real crops (recover/rded.py)
+    iterations = 0 if rec.init_only or rded else rec.iterations_for(slice_index)
     if members is None:  # every class (an integer ipc); `ipc: all` gives the slice's classes
         members = list(range(num_classes))
     chunks = chunks_of(members, rec.classes_per_batch)
@@ -118,6 +120,14 @@ def recover_slice(
             mine.append(done)
             continue
         classes = chunks[c]
+        if rded:
+            mine.append(rded_chunk(
+                cfg, slice_index, classes, c, teachers, source, per_class, mean, std, device,
+                rank,
+            ))  # fmt: skip
+            if saved is not None:
+                save_chunk(saved, mine[-1])
+            continue
         start = time.time()
         x0, init_idx = _init_images(
             cfg, source, per_class, slice_index, classes, c, mean, std, device

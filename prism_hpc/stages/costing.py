@@ -178,6 +178,9 @@ def recover_cost(cfg: Config, rows: dict[int, int], storage_gb: float) -> dict[s
             min(rec.classes_per_batch, n_rows - a) for a in range(0, n_rows, rec.classes_per_batch)
         ]
         iters = 1 if rec.init_only else rec.iterations_for(s)
+        if rec.synthesis == "rded":  # no optimisation: one forward per scored crop of each
+            # candidate (a forward ~ 1/3 of a forward + backward to the images)
+            iters = rec.rded.candidates * rec.rded.crops / 3
         chunk_s = []
         for b in sizes:
             works = [Work(steps=iters / rec.pack)]  # packed chunks share their launches

@@ -87,12 +87,17 @@ class RecoverStage(SealedStage):
         from prism_hpc.stages.costing import recover_cost, safely
 
         storage = round(images * c * r * r / 1e9, 3)
+        note = f"{len(rows)} slice(s) x {sizes} = {images} images, {iters} iterations in all"
+        rded = rec.synthesis == "rded"  # RDED scores crops, it does not iterate
+        if rded:
+            note = (f"{len(rows)} slice(s) x {sizes} = {images} images, RDED: "
+                    f"{rec.rded.candidates} x {rec.rded.crops} crops scored per image")  # fmt: skip
         return {
-            "image_iterations": sum(rec.iterations_for(s) * k for s, k in rows.items()),
+            "image_iterations": 0 if rded else sum(rec.iterations_for(s) * k for s, k in rows.items()),
             "slices": len(rows),
             "images": images,
             "storage_gb": storage,
-            "note": f"{len(rows)} slice(s) x {sizes} = {images} images, {iters} iterations in all",
+            "note": note,
             **safely(recover_cost, cfg, rows, storage),
         }
 

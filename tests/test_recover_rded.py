@@ -1,0 +1,298 @@
+"""RDED synthesis (recover/rded.py): crops, scores, selection, stitching, slices, provenance."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from prism_hpc.config.load import config_from_dict
+from prism_hpc.config.schema import RecoverConfig
+from prism_hpc.data.index import class_index
+from prism_hpc.errors import UserError
+from prism_hpc.recover import rded
+from prism_hpc.recover.slices import recover_slice
+from prism_hpc.seeding import generator
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+MEAN, STD = torch.tensor([0.5]).view(1, -1, 1, 1), torch.tensor([0.25]).view(1, -1, 1, 1)
+
+
+class BrightObserver(nn.Module):
+    """Two classes; class 1's logit grows with the mean input: CE(class 1) falls as the
+    patch gets brighter, so the expected choice is known by hand."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([-m, m], 1) * 4
+
+
+class ConstantSource:
+    """Fake source: image at dataset position i is the constant i / 1000 (1 x size x size);
+    even positions are class 0, odd ones class 1."""
+
+    def __init__(self, n: int = 400, size: int = 8):
+        self.labels = np.arange(n) % 2
+        self.num_classes = 2
+        self.size = size
+
+    def load(self, idx: np.ndarray) -> torch.Tensor:
+        v = torch.as_tensor(np.asarray(idx), dtype=torch.float32) / 1000
+        return v.view(-1, 1, 1, 1).expand(-1, 1, self.size, self.size).clone()
+
+
+def _rded_cfg(**rded_block) -> dict:
+    data = copy.deepcopy(TINY)
+    data["data"]["resolution"] = 8
+    data["recover"].update(
+        synthesis="rded", ipc=2, bn_always=[], bn_pool=[], classes_per_batch=2,
+        rded={"factor": 2, "candidates": 6, "crops": 3, **rded_block},
+    )  # fmt: skip
+    return data
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def test_selection_takes_each_images_best_crop_then_the_best_images():
+    scores = torch.tensor([
+        [3.0, 1.0, 2.0],  # image 0: crop 1 (1.0)
+        [0.5, 4.0, 4.0],  # image 1: crop 0 (0.5)
+        [2.0, 2.0, 0.7],  # image 2: crop 2 (0.7)
+        [5.0, 5.0, 5.0],  # image 3: crop 0 (5.0), a tie: the first
+    ])  # fmt: skip
+    rows, cols = rded.select_patches(scores, 3)
+    assert rows.tolist() == [1, 2, 0] and cols.tolist() == [0, 2, 1]
+    rows, cols = rded.select_patches(scores, 4)
+    assert rows.tolist()[-1] == 3 and cols.tolist()[-1] == 0
+    # ties across images keep image order (stable)
+    rows, _ = rded.select_patches(torch.tensor([[1.0], [0.0], [1.0], [0.0]]), 4)
+    assert rows.tolist() == [1, 3, 0, 2]
+
+
+def test_square_crop_boxes_follow_random_resized_crop_with_ratio_one():
+    boxes = rded.square_crop_boxes(4, 5, 32, (0.08, 1.0), generator(3, "t"))
+    u = torch.rand(4, 5, 3, generator=generator(3, "t"), dtype=torch.float64)
+    for i in range(4):
+        for j in range(5):
+            side = round(math.sqrt(1024 * (0.08 + 0.92 * float(u[i, j, 0]))))
+            top = math.floor(float(u[i, j, 1]) * (32 - side + 1))
+            left = math.floor(float(u[i, j, 2]) * (32 - side + 1))
+            assert boxes[i, j].tolist() == [top, left, side]
+            assert 0.08 * 1024 - 2 * side <= side * side <= 1024 and top + side <= 32
+    # the area range is honoured: scale (1, 1) is always the whole image
+    whole = rded.square_crop_boxes(3, 2, 16, (1.0, 1.0), generator(0, "t"))
+    assert whole.view(-1, 3).tolist() == [[0, 0, 16]] * 6
+
+
+def test_cut_patches_resizes_the_box_with_antialias():
+    img = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8)
+    boxes = torch.tensor([[[2, 4, 4], [0, 0, 8]]])
+    out = rded.cut_patches(img, boxes, 4)
+    assert torch.equal(out[0, 0], img[0, :, 2:6, 4:8])  # same size: the crop itself
+    want = F.interpolate(img, size=(4, 4), mode="bilinear", antialias=True, align_corners=False)
+    assert torch.allclose(out[0, 1], want[0])
+    # antialias at scale 2: a triangle filter of half-width 2 around input coordinate 1.0,
+    # weights 0.75, 0.75, 0.25 on pixels 0, 1, 2 (normalised), separable: 8 E[row] + E[col]
+    e = (0 * 0.75 + 1 * 0.75 + 2 * 0.25) / 1.75
+    assert out[0, 1, 0, 0, 0].item() == pytest.approx(8 * e + e, abs=1e-5)
+
+
+def test_pad_centres_the_patch_in_a_zero_frame():
+    x = torch.ones(1, 1, 3, 3)
+    out = rded.pad_to(x, 8)
+    assert out.shape == (1, 1, 8, 8) and out.sum() == 9
+    assert out[0, 0, 2:5, 2:5].eq(1).all()  # dh = 5: 2 above, 3 below (RDED's pad)
+
+
+def test_patch_edges_put_the_remainder_first():
+    assert rded.patch_edges(224, 2) == [0, 112, 224]
+    assert rded.patch_edges(32, 2) == [0, 16, 32]
+    assert rded.patch_edges(5, 2) == [0, 3, 5]
+    assert rded.patch_edges(7, 3) == [0, 3, 5, 7]
+    assert rded.patch_edges(9, 1) == [0, 9]
+
+
+def test_stitch_layout_is_row_major_best_top_left_pixel_exact():
+    p = torch.stack([torch.full((1, 2, 2), float(k + 1)) for k in range(4)])
+    out = rded.stitch(p, 4, 2)[0]
+    assert out.tolist() == [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
+    # 5 px, factor 2: cells 3 and 2 px; a 2x2 patch is resized nearest to its cell
+    grad = torch.tensor([[[10.0, 11.0], [12.0, 13.0]]])
+    p = torch.stack([grad, grad + 10, grad + 20, grad + 30])
+    out = rded.stitch(p, 5, 2)[0]
+    assert out[:3, :3].tolist() == [[10, 10, 11], [10, 10, 11], [12, 12, 13]]
+    assert out[:3, 3:].tolist() == [[20, 21], [20, 21], [22, 23]]
+    assert out[3:, :3].tolist() == [[30, 30, 31], [32, 32, 33]]
+    assert out[3:, 3:].tolist() == [[40, 41], [42, 43]]
+    # factor 1: the patch is the image
+    assert torch.equal(rded.stitch(grad[None], 2, 1), grad)
+
+
+def test_candidate_blocks_are_disjoint_per_slice_and_fixed_by_seed_and_class():
+    positions = np.arange(100, 160)  # a class with 60 images
+    blocks = [rded.candidate_block(positions, 7, 3, s, 12) for s in range(5)]
+    assert all(len(b) == 12 for b in blocks)
+    every = np.concatenate(blocks)
+    assert len(set(every.tolist())) == 60 and set(every.tolist()) == set(positions.tolist())
+    assert np.array_equal(blocks[2], rded.candidate_block(positions, 7, 3, 2, 12))  # again
+    assert not np.array_equal(blocks[0], rded.candidate_block(positions, 8, 3, 0, 12))  # seed
+    assert not np.array_equal(blocks[0], rded.candidate_block(positions, 7, 4, 0, 12))  # class
+    with pytest.raises(UserError, match="IPC slice 5 of class 3 needs images 60..71"):
+        rded.candidate_block(positions, 7, 3, 5, 12)
+
+
+# ----------------------------------------------------------------------------- one image
+
+
+def test_the_brightest_candidates_are_chosen_and_stitched_best_first():
+    """Constant images: every crop of image i is i / 1000, the observer prefers bright, so the
+    image holds the 4 brightest of the slice's 6 candidates, brightest top-left."""
+    cfg = config_from_dict(_rded_cfg())
+    src = ConstantSource()
+    per_class = class_index(src.labels, 2)
+    image, rec = rded.rded_class_image(
+        cfg.recover.rded, BrightObserver(), src, per_class[1], cfg.seed, 1, 1, 8, MEAN, STD,
+        torch.device("cpu"),
+    )  # fmt: skip
+    block = rded.candidate_block(per_class[1], cfg.seed, 1, 1, 6)
+    want = sorted(block.tolist(), reverse=True)[:4]
+    assert rec["sources"] == want
+    assert rec["scores"] == sorted(rec["scores"])  # best (lowest CE) first
+    cells = [image[0, :4, :4], image[0, :4, 4:], image[0, 4:, :4], image[0, 4:, 4:]]
+    for cell, pos in zip(cells, want):
+        assert torch.allclose(cell, torch.full((4, 4), pos / 1000), atol=1e-6)
+    # the score is the CE of class 1 on the padded normalised patch, by hand
+    v = (want[0] / 1000 - 0.5) / 0.25 * 16 / 64  # mean of the 8x8 input: 4x4 patch, zero frame
+    logits = torch.tensor([-v, v]) * 4
+    assert rec["scores"][0] == pytest.approx(float(-torch.log_softmax(logits, 0)[1]), abs=1e-5)
+
+
+def test_the_best_crop_of_an_image_is_the_one_the_observer_likes():
+    """One bright quadrant: the chosen crop of that image is the one covering most of it."""
+
+    class Source(ConstantSource):
+        def load(self, idx):
+            x = torch.zeros(len(idx), 1, 8, 8)
+            x[:, :, :4, :4] = 1.0
+            return x
+
+    cfg = config_from_dict(_rded_cfg(crops=6, candidates=4))
+    src = Source()
+    per_class = class_index(src.labels, 2)
+    _, rec = rded.rded_class_image(
+        cfg.recover.rded, BrightObserver(), src, per_class[1], cfg.seed, 0, 1, 8, MEAN, STD,
+        torch.device("cpu"),
+    )  # fmt: skip
+    boxes = rded.square_crop_boxes(4, 6, 8, (0.08, 1.0), generator(cfg.seed, "rded-crops", 0, 1))
+    for src_pos, box in zip(rec["sources"], rec["boxes"]):
+        row = list(rded.candidate_block(per_class[1], cfg.seed, 1, 0, 4)).index(src_pos)
+
+        def bright(b):  # share of the crop inside the bright quadrant (the patch's mean)
+            t, left, s = b
+            inside = max(0, min(t + s, 4) - t) * max(0, min(left + s, 4) - left)
+            return inside / (s * s)
+
+        best = max(bright(b.tolist()) for b in boxes[row])
+        assert bright(box) == pytest.approx(best, abs=0.2)  # antialias blurs edges a little
+        assert bright(box) > 0
+
+
+# ----------------------------------------------------------------------------- slices
+
+
+def _slice(cfg, chunk_classes: int, slice_index: int = 0):
+    src = ConstantSource()
+    cfg.recover.classes_per_batch = chunk_classes
+    return recover_slice(
+        cfg, slice_index, {"resnet18": BrightObserver()}, {}, src, class_index(src.labels, 2), 2,
+        ([0.5], [0.25]), torch.device("cpu"), log=lambda m: None,
+    )  # fmt: skip
+
+
+def test_slices_are_deterministic_chunk_independent_and_use_disjoint_images():
+    cfg = config_from_dict(_rded_cfg())
+    a, b = _slice(cfg, 2), _slice(config_from_dict(_rded_cfg()), 2)
+    assert np.array_equal(a["images"], b["images"])  # same seed: same images
+    c = _slice(config_from_dict(_rded_cfg()), 1)  # one class per chunk (as on 2 ranks)
+    assert np.array_equal(a["images"], c["images"])
+    assert a["labels"].tolist() == [0, 1] and a["images"].dtype == np.uint8
+    prov = a["provenance"]
+    assert prov["iterations"] == 0 and prov["logit_teacher"] == "resnet18"
+    assert prov["bn_teachers"] == [] and prov["chunks"][0]["synthesis"] == "rded"
+    picks0 = [p for ch in prov["chunks"] for p in ch["rded"]["picks"]]
+    s1 = _slice(config_from_dict(_rded_cfg()), 2, slice_index=1)["provenance"]
+    picks1 = [p for ch in s1["chunks"] for p in ch["rded"]["picks"]]
+    used0 = {i for p in picks0 for i in p["sources"]}
+    used1 = {i for p in picks1 for i in p["sources"]}
+    assert len(used0) == 8 and used0.isdisjoint(used1)
+    other = _slice(config_from_dict({**_rded_cfg(), "seed": 1}), 2)
+    assert not np.array_equal(a["images"], other["images"])
+
+
+def test_config_defaults_keep_prism_and_refuse_what_rded_cannot_do():
+    assert RecoverConfig().synthesis == "optimize"
+    with pytest.raises(UserError, match="needs an integer ipc"):
+        config_from_dict(_rded_cfg() | {"recover": {**_rded_cfg()["recover"], "pack": 2}})
+    bad = _rded_cfg(candidates=3)
+    with pytest.raises(UserError, match="candidates = 3 < factor"):
+        config_from_dict(bad)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def test_stage_writes_shards_whose_pixels_are_the_recorded_crops(tmp_path, fmnist_available):
+    """Recover stage on Fashion-MNIST with a random observer: each stored image is exactly the
+    recorded crops of the recorded source images, stitched (provenance is complete)."""
+    from prism_hpc.data.sources import open_source
+    from prism_hpc.stages.recover import RecoverStage, slice_path
+    from prism_hpc.store.shards import read_shard
+    from prism_hpc.workflow import TaskEnv
+
+    data = _rded_cfg()
+    data["data"]["resolution"] = 16
+    data["teachers"] = {"resnet18": {"arch": "resnet18", "width": 0.25, "weights": "random"}}
+    data["squeeze"]["enabled"] = False
+    data["relabel"]["teachers"] = ["resnet18"]
+    data["recover"]["classes_per_batch"] = 10
+    cfg = config_from_dict(data)
+    stage = RecoverStage()
+    for item in stage.items(cfg):
+        stage.run(cfg, item, TaskEnv(run_dir=tmp_path, log=lambda m: None))
+    source = open_source(cfg.data, "train")
+    for s in range(2):
+        shard = read_shard(slice_path(tmp_path, s))
+        assert shard["images"].shape == (10, 1, 16, 16) and shard["ipc_index"].tolist() == [s] * 10
+        picks = [p for ch in shard["provenance"]["chunks"] for p in ch["rded"]["picks"]]
+        for row, pick in enumerate(picks):
+            assert pick["class"] == shard["labels"][row] == row
+            assert all(source.labels[i] == row for i in pick["sources"])
+            imgs = source.load(np.asarray(pick["sources"]))
+            patches = torch.stack([
+                rded.cut_patches(imgs[k : k + 1], torch.tensor([[box]]), 8)[0, 0]
+                for k, box in enumerate(pick["boxes"])
+            ])  # fmt: skip
+            want = (rded.stitch(patches, 16, 2).clamp(0, 1) * 255).round().to(torch.uint8)
+            assert np.array_equal(shard["images"][row], want.numpy())
+
+
+def test_baseline_configs_carry_rded():
+    for name in ("fmnist_rded.yaml", "in1k_rded_ipc50.yaml"):
+        raw = yaml.safe_load((ROOT / "configs" / "baselines" / name).read_text())
+        cfg = config_from_dict(raw)
+        assert cfg.method == "RDED" and cfg.recover.synthesis == "rded"
+        assert cfg.recover.bn_always == [] and cfg.recover.bn_pool == []
+        assert cfg.recover.rded.crops == 5 and tuple(cfg.recover.rded.crop_scale) == (0.08, 1.0)
+    in1k = config_from_dict(
+        yaml.safe_load((ROOT / "configs" / "baselines" / "in1k_rded_ipc50.yaml").read_text())
+    )
+    assert in1k.recover.rded.factor == 2 and in1k.recover.rded.candidates * 50 <= 732
