@@ -121,8 +121,42 @@ class RdedConfig(Strict):
         return self
 
 
+class MatchingConfig(Strict):
+    """G-VBSM / EDC statistic matching (recover/gvbsm.py, docs/baselines.md). Off: the PRISM
+    objective, untouched. On: each step one backbone (`schedule` over `backbones`) gives the
+    CE and aligns the statistics of its BN inputs and, with `conv`, of its conv inputs (per
+    channel mean/var, 16x16-patch mean/var) against statistics the `statistics` stage
+    precomputed once over the training set; `r_bn` and `first_bn_multiplier` weigh them."""
+
+    enabled: bool = False
+    backbones: list[str] = Field(default_factory=list)  # []: recover.teacher_names() in order
+    schedule: Literal["round_robin", "random"] = "round_robin"  # official: round_robin
+    conv: bool = True  # conv-input statistics (G-VBSM "convolution statistics")
+    patch: bool = True  # and their 16x16-patch statistics
+    # EMA of the synthetic statistics inside a chunk (the value matched; the gradient is the
+    # current batch's): G-VBSM 0.4, EDC 0.8; 0 = plain batch statistics
+    momentum: float = Field(0.4, ge=0, lt=1)
+    # EDC category-aware matching: (1 - class_weight) x global term + class_weight x the
+    # same term against the mean of the batch's classes' statistics (EDC: 0.5)
+    class_aware: bool = False
+    class_weight: float = Field(0.5, ge=0, le=1)
+    # G-VBSM data densification (its `nuc_norm` term, 1.0 on ImageNet): per class in the
+    # batch, KL between softmax(eig / tau) and log_softmax(eig) of the Gram matrix of
+    # `densify_pool`-pooled images; zero for a class with one image in the batch
+    densify: float = Field(0.0, ge=0)
+    tau: float = Field(4.0, gt=0)
+    densify_pool: int = Field(32, ge=1)
+    stats_batch_size: int = Field(256, ge=1)  # statistics stage: fixed order, fixed batches
+    stats_limit_per_class: int | None = Field(None, ge=1)  # None: data.train_limit_per_class
+
+    @property
+    def needs_statistics(self) -> bool:
+        return self.enabled and (self.conv or self.class_aware)
+
+
 class RecoverConfig(Strict):
     preset: Literal["clean", "official"] = "clean"
+    matching: MatchingConfig = Field(default_factory=MatchingConfig)  # G-VBSM / EDC
     # How a slice's images are made: `optimize` (PRISM, SRe2L, CDA, DELT: the recovery loop)
     # or `rded` (scored real crops stitched, no optimisation; the `rded` block)
     synthesis: Literal["optimize", "rded"] = "optimize"
@@ -208,6 +242,8 @@ class RecoverConfig(Strict):
         lo, hi = self.augment.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {lo, hi}")
+        if self.matching.enabled and self.pack > 1:
+            raise ValueError("recover.matching needs pack 1 (one backbone per step, per chunk)")
         if self.synthesis == "rded":
             if self.ipc == "all" or self.init_only or self.pack > 1 or self.logit_pool:
                 raise ValueError(
@@ -231,7 +267,13 @@ class RecoverConfig(Strict):
     def teacher_names(self) -> list[str]:
         names = ([self.logit_teacher] if self.logit_teacher else []) + self.logit_pool
         names += self.bn_always + self.bn_pool
+        if self.matching.enabled:
+            names += self.matching.backbones
         return list(dict.fromkeys(names))
+
+    def matching_backbones(self) -> list[str]:
+        """The backbones the matching schedule cycles through, in order."""
+        return list(dict.fromkeys(self.matching.backbones)) or self.teacher_names()
 
     def ranker_name(self) -> str | None:
         """The rank stage's model (`ranker`, else the logit teacher)."""
@@ -421,6 +463,7 @@ class Resources(Strict):
     default: StageResources = Field(default_factory=StageResources)
     squeeze: StageResources = Field(default_factory=StageResources)
     rank: StageResources = Field(default_factory=StageResources)
+    statistics: StageResources = Field(default_factory=StageResources)
     recover: StageResources = Field(default_factory=StageResources)
     collect: StageResources = Field(default_factory=StageResources)
     relabel: StageResources = Field(default_factory=StageResources)

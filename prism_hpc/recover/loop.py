@@ -200,9 +200,16 @@ def recover_chunk(
     role_gen: torch.Generator,
     fixed_roles: Roles | None,
     progress=None,
+    matcher=None,
 ) -> tuple[torch.Tensor, list[Roles], list[dict]]:
-    """Adam on the normalised pixels; returns final normalised images, roles used, history."""
+    """Adam on the normalised pixels; returns final normalised images, roles used, history.
+
+    `matcher` (G-VBSM / EDC, recover/gvbsm.StatMatcher): its schedule picks each step's
+    backbone and its `loss` replaces `recovery_loss`; None (PRISM): this loop unchanged."""
     teachers = prepare_teachers(teachers, cfg)
+    loss_fn = recovery_loss if matcher is None else matcher.loss
+    if matcher is not None:
+        matcher.reset()
     x = x0.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8)
     scaler = loss_scaler(cfg, x.device)
@@ -213,7 +220,9 @@ def recover_chunk(
     pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     for step in range(iterations):
         roles = fixed_roles
-        if roles is None:  # intra: redraw every step
+        if matcher is not None:  # one backbone per step, by the matching schedule
+            roles = matcher.roles(step, role_gen)
+        elif roles is None:  # intra: redraw every step
             keep = None if cfg.resample_logit or not used else used[0].logit
             roles = sample_roles(cfg, role_gen, logit=keep)
         if not used or roles != used[-1]:
@@ -222,7 +231,7 @@ def recover_chunk(
             group["lr"] = cosine_lr(cfg.lr, step, iterations)
         d = augment.draw(cfg.augment, size, x.shape[0], aug_gen, step, iterations)
         opt.zero_grad(set_to_none=True)
-        _, ce, bn = recovery_loss(
+        _, ce, bn = loss_fn(
             x, targets, roles, teachers, hooks, cfg, d, backward=True, scaler=scaler
         )
         if scaler is None:
@@ -242,11 +251,14 @@ def recover_chunk(
                     progress(entry)
             pending = []
     if iterations == 0:  # recover.init_only: no step; the losses of the initial images, once
-        roles = fixed_roles or sample_roles(cfg, role_gen)
+        if matcher is not None:
+            roles = matcher.roles(0, role_gen)
+        else:
+            roles = fixed_roles or sample_roles(cfg, role_gen)
         used.append(roles)
         d = augment.draw(cfg.augment, size, x.shape[0], aug_gen)
         with torch.no_grad():
-            _, ce, bn = recovery_loss(x, targets, roles, teachers, hooks, cfg, d, backward=False)
+            _, ce, bn = loss_fn(x, targets, roles, teachers, hooks, cfg, d, backward=False)
         history.append({"step": 0, "ce": _host(ce), "bn": _host(bn)})
     return x.detach(), used, history
 

@@ -101,8 +101,10 @@ def recover_slice(
     log=print,
     progress_dir: Path | None = None,
     members: list[int] | None = None,
+    matcher=None,
 ) -> dict[str, Any] | None:
-    """Recover this rank's chunks; rank 0 returns uint8 images + provenance, others None."""
+    """Recover this rank's chunks; rank 0 returns uint8 images + provenance, others None.
+    `matcher`: G-VBSM / EDC statistic matching (recover/gvbsm.py) for every chunk."""
     rec = cfg.recover
     mean = torch.tensor(stats[0]).view(1, -1, 1, 1)
     std = torch.tensor(stats[1]).view(1, -1, 1, 1)
@@ -145,6 +147,7 @@ def recover_slice(
                 f"slice {slice_index} chunk {c}: step {e['step']}/{iterations} "
                 f"ce {e['ce']:.4f} bn {e['bn']:.4f}"
             ),
+            matcher=matcher,
         )  # fmt: skip
         mine.append(
             _chunk_record(

@@ -50,7 +50,8 @@ def distilled_size(cfg: Config) -> int:
 
 class RecoverStage(SealedStage):
     name = "recover"
-    depends_on = ("squeeze", "rank")  # rank: DELT's init order (no item unless asked for)
+    # rank: DELT's init order; statistics: G-VBSM/EDC (each: no item unless asked for)
+    depends_on = ("squeeze", "rank", "statistics")
     distributed = True
 
     def items(self, cfg: Config) -> list[Item]:
@@ -144,6 +145,12 @@ class RecoverStage(SealedStage):
         teachers = {n: load_teacher(cfg, n, env.run_dir, env.device) for n in names}
         if env.device.type == "cuda":
             teachers = {n: m.to(memory_format=torch.channels_last) for n, m in teachers.items()}
+        matcher = None
+        if rec.matching.enabled:  # G-VBSM / EDC: statistics precomputed by their stage
+            from prism_hpc.recover.gvbsm import StatMatcher
+            from prism_hpc.stages.statistics import load_statistics
+
+            matcher = StatMatcher(teachers, rec, load_statistics(cfg, env.run_dir, env.device))
         with bn_hooks(teachers, rec.first_bn_multiplier) as hooks:
             bnless = [n for n in bn_teacher_candidates(cfg) if not hooks[n].has_bn]
             if bnless and env.is_main:
@@ -163,6 +170,7 @@ class RecoverStage(SealedStage):
                         cfg, s, teachers, hooks, source, per_class, num_classes, stats,
                         env.device, env.rank, env.world_size, log=env.log,
                         progress_dir=partial_dir(env.run_dir), members=classes_of[s],
+                        matcher=matcher,
                     ))
                     for s in todo
                 )  # fmt: skip

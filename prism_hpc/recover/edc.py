@@ -1,0 +1,33 @@
+"""EDC (Shao et al., "Elucidating the Design Space of Dataset Condensation", NeurIPS 2024):
+its category-aware statistic matching. The rest of its recipe lives where it belongs:
+G-VBSM's matching (recover/gvbsm.py) is its base; real-image init from RDED's selected and
+stitched crops; its students' smoothing lr schedule and EMA evaluation (docs/baselines.md).
+
+Category-aware matching, as the official `--category-aware global` hooks do
+(shaoshitong/EDC, `Branch_full_ImageNet_1k/recover/utils.py`): each layer's term is
+0.5 x the G-VBSM term (against the running / precomputed global statistics) + 0.5 x the same
+norms against the mean, over the batch's images, of their classes' statistics. A class's
+statistic is the mean over its training images of the per-image statistic (recover/
+statistics.py), so a batch of one class is pulled to that class, and a cross-class batch to
+the average of its classes (a repeated class counts once per image, as in the official code).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prism_hpc.errors import UserError
+
+
+def class_reference(
+    stats: dict[str, torch.Tensor], layer: str, stat: str, targets: torch.Tensor
+) -> torch.Tensor:
+    """Mean over the batch's images of their classes' precomputed `stat` of `layer`."""
+    table = stats.get(f"class/{layer}/{stat}")
+    if table is None:
+        raise UserError(
+            f"recover.matching.class_aware: no per-class {stat} for layer {layer!r} in the "
+            "statistics (redo the statistics stage with class_aware on)"
+        )
+    table = table.to(targets.device)
+    return table[targets].mean(0)
