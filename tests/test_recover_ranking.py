@@ -150,7 +150,8 @@ def test_rank_stage_file_and_recover_reads_it(tmp_path, tiny_folder):
         shard = read_shard(slice_path(run, s))
         (chunk,) = shard["provenance"]["chunks"]
         assert chunk["init_indices"] == [int(stored[c][s]) for c in range(3)]
-        expected = (source.load(np.asarray(chunk["init_indices"])) * 255).round().to(torch.uint8)
+        x = (source.load(np.asarray(chunk["init_indices"])) - mean) / std
+        expected = ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
         assert np.array_equal(shard["images"], expected.numpy())
     slot0 = read_shard(slice_path(run, 0))["provenance"]["chunks"][0]["init_indices"]
     for c, i in enumerate(slot0):  # slot 0 = DELT's median image: index ceil(7/2) ascending

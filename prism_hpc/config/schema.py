@@ -185,6 +185,11 @@ class RecoverConfig(Strict):
     # true-class probability (recover/ranking.py), computed once by the `rank` stage
     init_order: Literal["file", "delt_medium", "delt_top", "delt_min"] = "file"
     ranker: str | None = None  # the rank stage's model; None: logit_teacher
+    # `cross_class`: a batch = one IPC slice across a chunk of classes (PRISM, SRe2L);
+    # `joint`: the `slices_per_task` slices of a task optimised together, a batch = all their
+    # IPC positions of a chunk of classes, BN statistics over the whole batch (DELT, G-VBSM,
+    # EDC; recover/joint.py, docs/baselines.md)
+    batching: Literal["cross_class", "joint"] = "cross_class"
     # No optimisation: store the initial images (real or noise) unchanged, quantised to uint8 like
     # every distilled set. The "initial images" baseline row, relabeled and trained exactly like
     # the recovered sets; teachers still run once to record CE/BN/top-1 of the initial images.
@@ -258,6 +263,10 @@ class RecoverConfig(Strict):
             )
         if self.init_order != "file" and self.ranker is None and self.logit_teacher is None:
             raise ValueError(f"recover.init_order {self.init_order}: set recover.ranker")
+        if self.batching == "joint" and self.pack > 1:
+            raise ValueError(
+                "recover.batching joint optimises a task's slices at once already: set pack 1"
+            )
         return self
 
     def iterations_for(self, ipc_index: int) -> int:

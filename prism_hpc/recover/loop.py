@@ -188,6 +188,24 @@ def recovery_loss(
     return total.detach(), ce_val, bn_val
 
 
+class ActiveRows:
+    """The rows of a joint batch that take part at a step (row j from step starts[j] on): one
+    index tensor per distinct start, built once; None while every row takes part."""
+
+    def __init__(self, starts: list[int], device: torch.device):
+        self.starts = list(starts)
+        self.cache: dict[int, torch.Tensor | None] = {}
+        self.device = device
+
+    def at(self, step: int) -> torch.Tensor | None:
+        count = sum(1 for s in self.starts if s <= step)
+        if count not in self.cache:
+            rows = [j for j, s in enumerate(self.starts) if s <= step]
+            full = len(rows) == len(self.starts)
+            self.cache[count] = None if full else torch.tensor(rows, device=self.device)
+        return self.cache[count]
+
+
 def recover_chunk(
     x0: torch.Tensor,
     targets: torch.Tensor,
@@ -201,8 +219,14 @@ def recover_chunk(
     fixed_roles: Roles | None,
     progress=None,
     matcher=None,
+    starts: list[int] | None = None,
 ) -> tuple[torch.Tensor, list[Roles], list[dict]]:
     """Adam on the normalised pixels; returns final normalised images, roles used, history.
+
+    `starts` (joint batches, recover/joint.py): row j joins the batch at step starts[j] (DELT's
+    EarlyLate: an image with budget T_j starts at T - T_j); before that it is not in the
+    forward, not in the statistics, and not changed (zero gradient, zero Adam moments, no
+    clamp). None: every row from step 0 (this loop as it always was).
 
     `matcher` (G-VBSM / EDC, recover/gvbsm.StatMatcher): its schedule picks each step's
     backbone and its `loss` replaces `recovery_loss`; None (PRISM): this loop unchanged."""
@@ -218,6 +242,7 @@ def recover_chunk(
     history: list[dict] = []
     size = x.shape[-1]
     pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    active = ActiveRows(starts, x.device) if starts is not None else None
     for step in range(iterations):
         roles = fixed_roles
         if matcher is not None:  # one backbone per step, by the matching schedule
@@ -229,10 +254,12 @@ def recover_chunk(
             used.append(roles)
         for group in opt.param_groups:
             group["lr"] = cosine_lr(cfg.lr, step, iterations)
-        d = augment.draw(cfg.augment, size, x.shape[0], aug_gen, step, iterations)
+        rows = None if starts is None else active.at(step)
+        xb, tb = (x, targets) if rows is None else (x[rows], targets[rows])
+        d = augment.draw(cfg.augment, size, xb.shape[0], aug_gen, step, iterations)
         opt.zero_grad(set_to_none=True)
         _, ce, bn = loss_fn(
-            x, targets, roles, teachers, hooks, cfg, d, backward=True, scaler=scaler
+            xb, tb, roles, teachers, hooks, cfg, d, backward=True, scaler=scaler
         )
         if scaler is None:
             opt.step()
@@ -240,7 +267,10 @@ def recover_chunk(
             scaler.step(opt)
             scaler.update()
         with torch.no_grad():
-            x.data = torch.maximum(torch.minimum(x.data, hi), lo)
+            if rows is None:
+                x.data = torch.maximum(torch.minimum(x.data, hi), lo)
+            else:
+                x.data[rows] = torch.maximum(torch.minimum(x.data[rows], hi), lo)
         pending.append((step, ce, bn))
         if step == 0 or (step + 1) % cfg.log_every == 0 or step + 1 == iterations:
             # one host sync per log interval, not per step

@@ -164,6 +164,16 @@ class RecoverStage(SealedStage):
                     progress_dir=partial_dir(env.run_dir), members_of=classes_of,
                     done=set(every) - set(todo),
                 )  # fmt: skip
+            elif rec.batching == "joint":  # the item's slices in one batch per class chunk
+                from prism_hpc.recover.joint import recover_group
+
+                every = item.payload["slices"]
+                results = recover_group(
+                    cfg, every, teachers, hooks, source, per_class, num_classes, stats,
+                    env.device, env.rank, env.world_size, log=env.log,
+                    progress_dir=partial_dir(env.run_dir), members_of=classes_of,
+                    done=set(every) - set(todo), matcher=matcher,
+                )  # fmt: skip
             else:  # lazily, one slice after the other
                 results = (
                     (s, recover_slice(
