@@ -179,7 +179,9 @@ class RecoverConfig(Strict):
     count_bnless: bool = False  # official: True (AlexNet counts in K without a BN layer)
     l2_scale: float = Field(0.0, ge=0)
     tv_scale: float = Field(0.0, ge=0)
-    init: Literal["real", "noise"] = "real"
+    # rded (EDC): each class starts from the RDED image of its slice (`rded` block, observer
+    # = logit_teacher; recover/edc.py)
+    init: Literal["real", "noise", "rded"] = "real"
     # Which real image initialises IPC slot i of class c: `file` = the i-th in file order
     # (PRISM/SRe2L); `delt_medium` / `delt_top` / `delt_min` = DELT's orders by the ranker's
     # true-class probability (recover/ranking.py), computed once by the `rank` stage
@@ -339,7 +341,7 @@ class StudentsConfig(Strict):
     loss: Literal["mse_gt", "mae_gt", "kl", "soft_ce", "ce"] = "mse_gt"  # mae_gt: Table 3a
     ce_weight: float = Field(0.1, ge=0)
     temperature: float = Field(1.0, gt=0)
-    schedule: Literal["cosine", "ssrs", "ssrs_continuous"] = "ssrs"
+    schedule: Literal["cosine", "ssrs", "ssrs_continuous", "smooth_cosine"] = "ssrs"
     zeta: float = Field(2.5, gt=0)
     ema: float | None = Field(None, gt=0, lt=1)
     eval_every: int = Field(10, ge=1)

@@ -31,3 +31,25 @@ def class_reference(
         )
     table = table.to(targets.device)
     return table[targets].mean(0)
+
+
+def rded_init(cfg, source, per_class, slice_index: int, classes: list[int], mean, std, device,
+              teachers: dict | None) -> tuple[torch.Tensor, list[int]]:  # fmt: skip
+    """EDC's real-image init (`recover.init: rded`): for each class, the RDED image of this
+    IPC slice (recover/rded.py, the `recover.rded` block, observer = `logit_teacher`),
+    quantised to uint8 like the stored RDED set EDC reads its initial images from, then
+    normalised. Returns (images, the real image of each class's best patch)."""
+    from prism_hpc.recover.rded import rded_class_image
+
+    name = cfg.recover.logit_teacher
+    if teachers is None or name not in teachers:
+        raise UserError("recover.init rded: the observer (recover.logit_teacher) is not loaded")
+    images, sources = [], []
+    for c in classes:
+        image, record = rded_class_image(
+            cfg.recover.rded, teachers[name], source, per_class[c], cfg.seed, slice_index, c,
+            cfg.data.resolution, mean, std, device,
+        )  # fmt: skip
+        images.append((image.cpu().clamp(0, 1) * 255).round() / 255)
+        sources.append(record["sources"][0])
+    return (torch.stack(images) - mean) / std, sources

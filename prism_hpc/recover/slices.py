@@ -76,7 +76,12 @@ def load_chunk(path: Path) -> dict[str, Any] | None:
     return result
 
 
-def _init_images(cfg, source, per_class, slice_index, classes, chunk, mean, std, device):
+def _init_images(cfg, source, per_class, slice_index, classes, chunk, mean, std, device,
+                 teachers=None):  # fmt: skip
+    if cfg.recover.init == "rded":  # EDC: RDED's stitched real crops (recover/edc.py)
+        from prism_hpc.recover.edc import rded_init
+
+        return rded_init(cfg, source, per_class, slice_index, classes, mean, std, device, teachers)
     if cfg.recover.init == "real":
         idx = initial_indices(per_class, slice_index, classes)
         x = source.load(idx)
@@ -132,7 +137,7 @@ def recover_slice(
             continue
         start = time.time()
         x0, init_idx = _init_images(
-            cfg, source, per_class, slice_index, classes, c, mean, std, device
+            cfg, source, per_class, slice_index, classes, c, mean, std, device, teachers
         )
         targets = torch.tensor(classes, device=device)
         roles = slice_roles(cfg, slice_index, c)
@@ -304,7 +309,9 @@ def _run_pack(
     units, meta = [], []
     for s, c in pack:
         classes = chunks_of_slice[s][c]
-        x0, init_idx = _init_images(cfg, source, per_class, s, classes, c, mean, std, device)
+        x0, init_idx = _init_images(
+            cfg, source, per_class, s, classes, c, mean, std, device, teachers
+        )
         targets = torch.tensor(classes, device=device)
         iterations = 0 if rec.init_only else rec.iterations_for(s)
         units.append(

@@ -7,6 +7,10 @@
   branch's end value only for zeta = 2.5.
 - `ssrs_continuous`: the same cosine part, then a straight line from the cosine branch's value
   at 5E/6 to 0 at E (no jump, for any zeta).
+- `smooth_cosine` (EDC's ImageNet students, shaoshitong/EDC `train.sh`: `--ls-type cos --st 2`):
+  the cosine part over the whole run, 0.5 (1 + cos(pi e / (zeta E))), no tail. `ssrs` is
+  EDC's other variant (`--ls-type cos2`: the same tail 0.75 (1 - e / E) after 5E/6 at
+  zeta = 2.5).
 """
 
 from __future__ import annotations
@@ -44,4 +48,8 @@ def lr_factor(name: str, epoch: float, epochs: int, zeta: float = 2.5) -> float:
         return ssrs(epoch, epochs, zeta)
     if name == "ssrs_continuous":
         return ssrs_continuous(epoch, epochs, zeta)
-    raise ValueError(f"unknown schedule {name!r} (cosine | ssrs | ssrs_continuous)")
+    if name == "smooth_cosine":
+        return _ssrs_cos(epoch, epochs, zeta)
+    raise ValueError(
+        f"unknown schedule {name!r} (cosine | ssrs | ssrs_continuous | smooth_cosine)"
+    )
