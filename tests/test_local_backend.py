@@ -37,6 +37,7 @@ class EnvProbe(Stage):
         out = Path(env.run_dir) / "probe" / f"{item.key}.rank{env.rank}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(seen))
+        env.log(f"{item.key} rank {env.rank}: probing")  # the terminal shows rank 0's line
         if env.is_main:
             write_marker(self.marker_path(env.run_dir, item), seen)
 
@@ -87,4 +88,36 @@ def test_ranks_are_capped_to_the_cores_and_say_so(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr("prism_hpc.hpc.backends.local.machine_cores", lambda: 2)
     seen = _probe_run(tmp_path, tasks=4, concurrency=1)
     assert {s["world"] for s in seen} == {2} and {s["omp"] for s in seen} == {"1"}
-    assert "running 2 rank(s) x 1 item(s), 1 thread(s) each" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "running 2 rank(s) x 1 item(s), 1 thread(s) each" in out
+    # child processes' rank-0 log lines reach the terminal (before each item's "done")
+    for i in range(4):
+        shown = out.index(f"[probe] {i}/4 | item{i}: item{i} rank 0: probing")
+        assert shown < out.index(f"[probe] {i + 1}/4 done (item{i},")
+    assert "rank 1: probing" not in out
+
+
+def test_log_tail_shows_complete_lines_and_paces_them(tmp_path, monkeypatch):
+    from prism_hpc.hpc.backends.local import LogTail
+
+    clock = [100.0]
+    monkeypatch.setattr("prism_hpc.hpc.backends.local.time.time", lambda: clock[0])
+    log = tmp_path / "x.log"
+    tail = LogTail(log, every=10.0)
+    assert tail.latest() is None  # no file yet
+    log.write_bytes(b"epoch 1 loss 2.0\nepoch 2 lo")
+    assert tail.latest() == "epoch 1 loss 2.0"  # the first line at once; no half line
+    with open(log, "ab") as fh:
+        fh.write(b"ss 1.5\n\nepoch 3 loss 1.2\n")
+    clock[0] += 5
+    assert tail.latest() is None  # too soon: kept for later
+    clock[0] += 6
+    assert tail.latest() == "epoch 3 loss 1.2"  # the newest of the kept lines
+    with open(log, "ab") as fh:
+        fh.write(b"epoch 4 loss 1.1\n")
+    clock[0] += 3
+    assert tail.latest() is None
+    clock[0] += 8
+    assert tail.latest() == "epoch 4 loss 1.1"
+    clock[0] += 20
+    assert tail.latest() is None  # nothing new

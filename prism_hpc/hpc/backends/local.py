@@ -49,6 +49,37 @@ class Progress:
         print(f"[{self.stage}] {self.done}/{self.total} | {text}", flush=True)
 
 
+class LogTail:
+    """The newest complete line a child process wrote to its log, for the terminal: items run
+    as child processes (several ranks, or concurrency > 1) print nothing to it themselves, and
+    a user watching a 4-rank student for an hour must see more than silence. Each item shows
+    its first line at once, then at most one line every `every` seconds."""
+
+    def __init__(self, path: Path, every: float = 10.0):
+        self.path, self.every = path, every
+        self._offset, self._rest, self._shown = 0, b"", -float("inf")
+        self._pending: bytes | None = None  # the newest complete line not shown yet
+
+    def latest(self) -> str | None:
+        """The newest complete line not shown yet, if it is time to show one."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except OSError:
+            data = b""
+        self._offset += len(data)
+        *lines, self._rest = (self._rest + data).split(b"\n")
+        lines = [line for line in lines if line.strip()]
+        if lines:
+            self._pending = lines[-1]
+        now = time.time()
+        if self._pending is None or now - self._shown < self.every:
+            return None
+        line, self._pending, self._shown = self._pending, None, now
+        return line.decode(errors="replace").strip()[:200]
+
+
 def _log_path(rd: RunDir, stage: str, key: str, rank: int | None = None) -> Path:
     suffix = f".rank{rank}" if rank is not None else ""
     path = rd.logs / stage / f"{key}{suffix}.log"
@@ -191,6 +222,7 @@ def run_stage(rd: RunDir, plan: StagePlan, registry: StageRegistry, debug: bool 
             progress.item_done(plan.items[index].key, time.time() - start)
         return
     running: dict[int, tuple[list[subprocess.Popen], float, int]] = {}
+    tails: dict[int, LogTail] = {}
     queue = list(todo)
     try:
         while queue or running:
@@ -198,9 +230,14 @@ def run_stage(rd: RunDir, plan: StagePlan, registry: StageRegistry, debug: bool 
                 index = queue.pop(0)
                 slot = min(set(range(concurrency)) - {r[2] for r in running.values()})
                 running[index] = (_spawn(rd, plan, index, layout, slot), time.time(), slot)
+                key = plan.items[index].key
+                tails[index] = LogTail(_log_path(rd, plan.stage.name, key, 0 if ranks > 1 else None))
             time.sleep(0.2)
             for index, (procs, start, _) in list(running.items()):
-                codes = [p.poll() for p in procs]
+                codes = [p.poll() for p in procs]  # before the log: lines up to the exit count
+                if (line := tails[index].latest()) is not None:
+                    print(f"[{plan.stage.name}] {progress.done}/{progress.total} | "
+                          f"{plan.items[index].key}: {line}", flush=True)  # fmt: skip
                 if any(c not in (None, 0) for c in codes):
                     for p in procs:
                         p.kill()
