@@ -16,6 +16,7 @@ from torch import nn
 from prism_hpc.config.load import config_from_dict
 from prism_hpc.config.schema import RecoverConfig
 from prism_hpc.data.index import class_index
+from prism_hpc.data.patches import patch_edges
 from prism_hpc.errors import UserError
 from prism_hpc.recover import rded
 from prism_hpc.recover.slices import recover_slice
@@ -114,11 +115,11 @@ def test_pad_centres_the_patch_in_a_zero_frame():
 
 
 def test_patch_edges_put_the_remainder_first():
-    assert rded.patch_edges(224, 2) == [0, 112, 224]
-    assert rded.patch_edges(32, 2) == [0, 16, 32]
-    assert rded.patch_edges(5, 2) == [0, 3, 5]
-    assert rded.patch_edges(7, 3) == [0, 3, 5, 7]
-    assert rded.patch_edges(9, 1) == [0, 9]
+    assert patch_edges(224, 2) == [0, 112, 224]
+    assert patch_edges(32, 2) == [0, 16, 32]
+    assert patch_edges(5, 2) == [0, 3, 5]
+    assert patch_edges(7, 3) == [0, 3, 5, 7]
+    assert patch_edges(9, 1) == [0, 9]
 
 
 def test_stitch_layout_is_row_major_best_top_left_pixel_exact():
@@ -292,7 +293,102 @@ def test_baseline_configs_carry_rded():
         assert cfg.method == "RDED" and cfg.recover.synthesis == "rded"
         assert cfg.recover.bn_always == [] and cfg.recover.bn_pool == []
         assert cfg.recover.rded.crops == 5 and tuple(cfg.recover.rded.crop_scale) == (0.08, 1.0)
+        factor = cfg.recover.rded.factor
+        assert cfg.relabel.shuffle_patches == factor
+        assert tuple(cfg.relabel.crop_scale) == (1 / factor, 1.0)
     in1k = config_from_dict(
         yaml.safe_load((ROOT / "configs" / "baselines" / "in1k_rded_ipc50.yaml").read_text())
     )
     assert in1k.recover.rded.factor == 2 and in1k.recover.rded.candidates * 50 <= 732
+
+
+# ----------------------------------------------------------------------------- patch relabel
+
+
+def test_shuffle_patches_moves_whole_strips_pixel_exact():
+    from prism_hpc.relabel.patches import shuffle_patches
+
+    img = torch.arange(16.0).view(1, 1, 4, 4)
+    same = shuffle_patches(img, torch.tensor([[[0, 1], [0, 1]]], dtype=torch.int8))
+    assert torch.equal(same, img)
+    cols = shuffle_patches(img, torch.tensor([[[1, 0], [0, 1]]], dtype=torch.int8))[0, 0]
+    assert cols.tolist() == [[2, 3, 0, 1], [6, 7, 4, 5], [10, 11, 8, 9], [14, 15, 12, 13]]
+    both = shuffle_patches(img, torch.tensor([[[1, 0], [1, 0]]], dtype=torch.int8))[0, 0]
+    assert both.tolist() == [[10, 11, 8, 9], [14, 15, 12, 13], [2, 3, 0, 1], [6, 7, 4, 5]]
+    # 5 px, factor 2: strips [0, 3) and [3, 5) (the stitching grid), swapped whole
+    img5 = torch.arange(5.0).view(1, 1, 1, 5).expand(1, 1, 5, 5)
+    out = shuffle_patches(img5, torch.tensor([[[1, 0], [0, 1]]], dtype=torch.int8))
+    assert out[0, 0, 0].tolist() == [3, 4, 0, 1, 2]
+    # a stitched image keeps its four patches, in a new arrangement
+    p = torch.stack([torch.full((1, 2, 2), float(k)) for k in range(4)])
+    shuffled = shuffle_patches(rded.stitch(p, 4, 2)[None], torch.tensor([[[1, 0], [1, 0]]]))
+    assert shuffled[0, 0, ::2, ::2].tolist() == [[3, 2], [1, 0]]
+
+
+def test_plan_shuffles_come_from_their_own_stream():
+    from prism_hpc.relabel.augment import make_epoch_plan
+
+    off = make_epoch_plan(3, 1, 20, 16, 16, 8, (0.5, 1.0))
+    on = make_epoch_plan(3, 1, 20, 16, 16, 8, (0.5, 1.0), shuffle_patches=2)
+    assert off.shuffles is None and on.shuffles.shape == (20, 2, 2)
+    for field in ("order", "crops", "flips", "perm", "lam", "boxes"):
+        assert torch.equal(getattr(off, field), getattr(on, field)), field
+    assert sorted(on.shuffles.view(-1, 2).tolist()) != [[0, 1]] * 40  # some visits do shuffle
+    assert all(sorted(r) == [0, 1] for r in on.shuffles.view(-1, 2).tolist())
+    again = make_epoch_plan(3, 1, 20, 16, 16, 8, (0.5, 1.0), shuffle_patches=2)
+    assert torch.equal(on.shuffles, again.shuffles)
+    three = make_epoch_plan(3, 1, 50, 16, 16, 8, shuffle_patches=3).shuffles
+    assert all(sorted(r) == [0, 1, 2] for r in three.view(-1, 3).tolist())
+
+
+def test_shuffle_patches_must_match_the_rded_factor():
+    data = _rded_cfg()
+    data["relabel"]["shuffle_patches"] = 3
+    with pytest.raises(UserError, match="shuffle_patches = 3 must be 1 or recover.rded.factor"):
+        config_from_dict(data)
+    data["relabel"]["shuffle_patches"] = 2
+    assert config_from_dict(data).relabel.shuffle_patches == 2
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_patch_labels_are_stored_and_the_student_sees_the_labelled_view(tmp_path, world):
+    """Offline relabel with RDED's shuffle: the plan's strip orders are stored, the teacher
+    labelled the shuffled view (not the plain one), and every rank's student batch is that
+    same shuffled view bit for bit, with the stored labels of its positions."""
+    from prism_hpc.relabel.ensemble import load_ensemble
+    from prism_hpc.relabel.augment import build_batch
+    from prism_hpc.store.distilled import DistilledSet
+    from prism_hpc.store.softlabels import SoftLabelReader, fingerprint
+    from prism_hpc.train.data import StepBatches, rank_pieces, step_loader
+    from tests.test_relabel import make_run, run_relabel
+
+    cfg, run_dir = make_run(tmp_path, relabel={"shuffle_patches": 2, "crop_scale": [0.5, 1.0]},
+                            students={"epochs": 1})  # fmt: skip
+    plain, _ = make_run(tmp_path / "plain", students={"epochs": 1})
+    run_relabel(cfg, run_dir)
+    distilled = DistilledSet(run_dir / "distilled.h5")
+    assert fingerprint(cfg, distilled) != fingerprint(plain, distilled)
+    reader = SoftLabelReader(cfg, run_dir, distilled)
+    stored = reader.epoch(0)
+    plan = stored.plan
+    assert plan.shuffles is not None and plan.shuffles.shape == (len(distilled), 2, 2)
+    ens = load_ensemble(cfg, run_dir)
+    rows = plan.order[plan.batch_slice(0)]
+    x, _, _ = build_batch(distilled.images(rows), plan, 0, distilled.mean, distilled.std)
+    unshuffled = type(plan)(**{**plan.__dict__, "shuffles": None})
+    x0, _, _ = build_batch(distilled.images(rows), unshuffled, 0, distilled.mean, distilled.std)
+    assert not torch.equal(x, x0)  # the shuffle is applied before the crop
+    soft = stored.soft_labels(0)
+    tol = 2e-3 * soft.abs().max().item()
+    assert torch.allclose(soft, ens(x), atol=tol)
+    assert (soft - ens(x0)).abs().max() > tol  # labels of the shuffled view, not the plain one
+    for rank in range(world):
+        data = StepBatches(cfg, run_dir, distilled, 0, rank, world)
+        for b, item in enumerate(step_loader(data, workers=0, prefetch=1, pin=False)):
+            rows = plan.order[plan.batch_slice(b)]
+            xb, _, lam = build_batch(distilled.images(rows), plan, b, distilled.mean,
+                                     distilled.std)  # fmt: skip
+            pos = torch.cat([torch.from_numpy(p) for p in rank_pieces(len(rows), 1, world, rank)])
+            assert torch.equal(item["x"], xb[pos]) and item["lam"] == lam
+            assert torch.equal(item["soft"], stored.soft_labels(b)[pos])
+    reader.close()

@@ -259,6 +259,11 @@ class RecoverConfig(Strict):
                 )
             if self.logit_teacher is None:
                 raise ValueError("synthesis rded: set logit_teacher (the observer)")
+            if self.batching != "cross_class" or self.matching.enabled or self.init_order != "file":
+                raise ValueError(
+                    "synthesis rded makes no optimisation batches: set batching cross_class, "
+                    "matching.enabled false and init_order file"
+                )
         if self.init_order != "file" and self.init != "real":
             raise ValueError(
                 f"recover.init_order {self.init_order} orders real images: set recover.init real"
@@ -308,6 +313,9 @@ class RelabelConfig(Strict):
     storage: Literal["fp16", "topk"] = "fp16"
     topk: int = Field(10, ge=1)
     epochs_per_task: int = Field(25, ge=1)
+    # RDED's ShufflePatches: each visit's image cut into a factor x factor grid, column and row
+    # strips put in random order before the crop (relabel/patches.py); 1 = off
+    shuffle_patches: int = Field(1, ge=1, le=8)
 
     @model_validator(mode="after")
     def _check_relabel(self) -> RelabelConfig:
@@ -546,6 +554,12 @@ class Config(Strict):
                 if v in seen:
                     raise ValueError(f"{key} lists {v!r} twice")
                 seen.add(v)
+        shuffle, rec = self.relabel.shuffle_patches, self.recover
+        if shuffle > 1 and rec.synthesis == "rded" and shuffle != rec.rded.factor:
+            raise ValueError(
+                f"relabel.shuffle_patches = {shuffle} must be 1 or recover.rded.factor "
+                f"({rec.rded.factor}): the strips are the stitched patches"
+            )
         both = set(self.recover.bn_always) & set(self.recover.bn_pool)
         if both:
             raise ValueError(f"recover.bn_pool repeats {sorted(both)} of recover.bn_always")

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prism_hpc.config.schema import RdedConfig
+from prism_hpc.data.patches import patch_edges
 from prism_hpc.errors import UserError
 from prism_hpc.seeding import generator
 
@@ -134,16 +135,6 @@ def select_patches(scores: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch
 
 
 # ------------------------------------------------------------------------------- stitching
-
-
-def patch_edges(size: int, factor: int) -> list[int]:
-    """Row (or column) boundaries of a factor x factor grid: the first `size % factor` cells are
-    one pixel larger, as RDED's `mix_images` lays them out."""
-    base, extra = divmod(size, factor)
-    edges = [0]
-    for i in range(factor):
-        edges.append(edges[-1] + base + (1 if i < extra else 0))
-    return edges
 
 
 def stitch(patches: torch.Tensor, size: int, factor: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from prism_hpc.relabel.patches import draw_shuffles, shuffle_patches
 from prism_hpc.seeding import generator
 from prism_hpc.store.softlabels import EpochPlan
 
@@ -82,6 +83,7 @@ def make_epoch_plan(
     flip: bool = True,
     mix: str = "cutmix",
     mix_alpha: float = 1.0,
+    shuffle_patches: int = 1,
 ) -> EpochPlan:
     """Draw the plan of `epoch` (pure function of its arguments)."""
     if mix not in MIX_CODES:
@@ -108,7 +110,10 @@ def make_epoch_plan(
             y0, y1, x0, x1 = _cutmix_box(u, height, width, g)
             boxes[b] = torch.tensor([y0, y1, x0, x1], dtype=torch.int32)
             lam[b] = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
-    return EpochPlan(epoch, batch_size, mix, order, crops, flips, perm, lam, boxes)
+    # RDED's patch shuffle from a stream of its own: with it off the plan is draw for draw
+    # the same as without the option
+    shuffles = draw_shuffles(run_seed, epoch, n, shuffle_patches) if shuffle_patches > 1 else None
+    return EpochPlan(epoch, batch_size, mix, order, crops, flips, perm, lam, boxes, shuffles)
 
 
 def _beta_sample(alpha: float, g: torch.Generator) -> float:
@@ -197,6 +202,8 @@ def build_batch(
     if not images.is_floating_point():
         x = x / 255.0
     size = size or images.shape[-1]
+    if plan.shuffles is not None:  # RDED: strips reordered before the crop
+        x = shuffle_patches(x, plan.shuffles[sl])
     x = crop_flip(x, plan.crops[sl], plan.flips[sl], size)
     mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
@@ -209,5 +216,5 @@ def plan_from_config(cfg, epoch: int, num_images: int, height: int, width: int) 
     rel = cfg.relabel
     return make_epoch_plan(
         cfg.seed, epoch, num_images, height, width, cfg.students.batch_size,
-        tuple(rel.crop_scale), rel.flip, rel.mix, rel.mix_alpha,
+        tuple(rel.crop_scale), rel.flip, rel.mix, rel.mix_alpha, rel.shuffle_patches,
     )  # fmt: skip

@@ -56,6 +56,9 @@ class EpochPlan:
     perm: torch.Tensor  # int64 (N,): mix partner of position k, as a position in its batch
     lam: torch.Tensor  # float32 (B,): weight of the original image (CutMix: exact area share)
     boxes: torch.Tensor  # int32 (B, 4): y0, y1, x0, x1 of the pasted CutMix box (else 0)
+    # RDED patch shuffle (relabel.shuffle_patches > 1): int8 (N, 2, factor) column and row
+    # strip orders per visit (relabel/patches.py); None: off (every other method)
+    shuffles: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.order)
@@ -107,9 +110,12 @@ def estimate_storage_bytes(cfg, num_images: int, num_classes: int) -> int:
 def fingerprint(cfg, distilled) -> str:
     """What the stored plans and labels depend on (a changed value invalidates the files)."""
     rel = cfg.relabel
+    # shuffle_patches off leaves the fingerprint of older files unchanged
+    skip = {"epochs_per_task", "batch_size"} | ({"shuffle_patches"} if rel.shuffle_patches == 1
+                                                else set())  # fmt: skip
     key = {
         "seed": cfg.seed,
-        "relabel": rel.model_dump(mode="json", exclude={"epochs_per_task", "batch_size"}),
+        "relabel": rel.model_dump(mode="json", exclude=skip),
         "teachers": {n: cfg.teachers[n].model_dump(mode="json") for n in rel.teachers},
         "batch_size": cfg.students.batch_size,
         "shape": list(distilled.shape),
@@ -159,6 +165,8 @@ def _write_plan(grp: h5py.Group, plan: EpochPlan) -> None:
     grp.create_dataset("perm", data=plan.perm.numpy().astype(np.int32))
     grp.create_dataset("lam", data=plan.lam.numpy().astype(np.float32))
     grp.create_dataset("boxes", data=plan.boxes.numpy().astype(np.int32))
+    if plan.shuffles is not None:
+        grp.create_dataset("shuffles", data=plan.shuffles.numpy().astype(np.int8))
 
 
 class EpochWriter:
@@ -229,6 +237,7 @@ def _read_plan(grp: h5py.Group, epoch: int) -> EpochPlan:
         perm=torch.from_numpy(grp["perm"][()].astype(np.int64)),
         lam=torch.from_numpy(grp["lam"][()]),
         boxes=torch.from_numpy(grp["boxes"][()]),
+        shuffles=torch.from_numpy(grp["shuffles"][()]) if "shuffles" in grp else None,
     )
 
 

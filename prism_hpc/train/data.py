@@ -26,6 +26,7 @@ import torch
 
 from prism_hpc.config.schema import Config
 from prism_hpc.relabel.augment import crop_flip, plan_from_config
+from prism_hpc.relabel.patches import shuffle_patches
 from prism_hpc.store.distilled import DistilledSet
 from prism_hpc.store.softlabels import EpochPlan, SoftLabelReader
 
@@ -57,6 +58,8 @@ def replay_positions(
     perm = plan.perm[sl].numpy()
     need = np.unique(np.concatenate([positions, perm[positions]]))
     x = pixels.float() / 255.0 if not pixels.is_floating_point() else pixels.float()
+    if plan.shuffles is not None:  # RDED's patch shuffle, as relabel applied it
+        x = shuffle_patches(x, plan.shuffles[sl][need])
     x = crop_flip(x, plan.crops[sl][need], plan.flips[sl][need], pixels.shape[-1])
     m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
