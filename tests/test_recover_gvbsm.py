@@ -227,3 +227,32 @@ def test_statistics_stage_writes_seals_and_detects_changes(tmp_path, tiny_cfg_pr
     assert stage.is_done(tmp_path, item)  # the runner skips it now
     torch.save({"meta/images": torch.tensor(0)}, path)  # a changed file: not done any more
     assert stage.problems(tmp_path, item)
+
+
+def test_gvbsm_and_edc_configs_carry_their_mechanism():
+    """configs/baselines: G-VBSM's and EDC's ImageNet recipes (their recover.sh) and their
+    Fashion-MNIST scalings; joint batches of several IPC positions per class."""
+    from pathlib import Path
+
+    from prism_hpc.config.load import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "baselines"
+    rec = {n: load_config(root / f"{n}.yaml")[0].recover
+           for n in ("fmnist_gvbsm", "in1k_gvbsm_ipc50", "fmnist_edc", "in1k_edc_ipc50")}  # fmt: skip
+    four = ["resnet18", "mobilenet_v2", "efficientnet_b0", "shufflenet_v2_x0_5"]
+    for name, r in rec.items():
+        m = r.matching
+        assert m.enabled and m.schedule == "round_robin" and m.conv and m.patch
+        assert r.batching == "joint" and r.iteration_step == 0 and r.first_bn_multiplier == 10
+        assert r.matching_backbones()[:4] == four and m.needs_statistics
+        if "gvbsm" in name:
+            assert (m.momentum, m.densify, m.tau, m.class_aware) == (0.4, 1.0, 4.0, False)
+            assert r.init == "noise" and r.lr == 0.1 and r.r_bn == 0.01
+        else:
+            assert (m.momentum, m.densify, m.class_aware, m.class_weight) == (0.8, 0.0, True, 0.5)
+            assert r.init == "rded" and r.lr == 0.05 and r.r_bn == 0.1
+            assert r.augment.crop_scale == (0.5, 1.0) and r.augment.jitter == 0
+    g, e = rec["in1k_gvbsm_ipc50"], rec["in1k_edc_ipc50"]
+    assert (g.iterations, g.classes_per_batch * g.slices_per_task) == (4000, 80)
+    assert (e.iterations, e.classes_per_batch * e.slices_per_task) == (1000, 80)
+    assert e.matching_backbones() == [*four, "alexnet"]
