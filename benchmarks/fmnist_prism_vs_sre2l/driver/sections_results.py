@@ -7,8 +7,9 @@ from .markdown import fmt_cell, md_table, mean_std_cell
 from .specs import TABLE2_ROWS
 
 
-def paired_section(runs, rows, spec_of) -> str:
-    """PRISM - SRe2L (and each vs the real images), paired on (IPC, recovery seed, student seed)."""
+def paired_section(runs, rows, spec_of, comparisons=None) -> str:
+    """PRISM - SRe2L (and each vs the real images), paired on (IPC, recovery seed, student seed);
+    `comparisons`: other ((variant, init), (variant, init)) pairs (the multi-method benchmark)."""
     from prism_hpc.metrics import tables
 
     if not runs:
@@ -18,7 +19,9 @@ def paired_section(runs, rows, spec_of) -> str:
         s = spec_of[str(r.path)]
         for st in r.students:
             acc[(s.variant, s.init, s.ipc, s.seed, st.arch, st.seed)] = st.top1
-    comparisons = [(("prism", init), ("sre2l", init)) for init in ("real", "noise")] + [
+    comparisons = comparisons or [
+        (("prism", init), ("sre2l", init)) for init in ("real", "noise")
+    ] + [
         (("prism", "real"), ("real_images", "real")),
         (("sre2l", "real"), ("real_images", "real")),
     ]
