@@ -149,6 +149,9 @@ def teacher_probs(cfg: Config) -> dict[str, float]:
     """Probability that each teacher runs in a slice's iterations (logit and BN roles share
     one forward, as `recover.objective` does)."""
     rec = cfg.recover
+    if rec.matching.enabled:  # G-VBSM / EDC: one backbone per step, each 1/K of the steps
+        names = rec.matching_backbones()
+        return {n: (1 / len(names) if n in names else 0.0) for n in rec.teacher_names()}
     logits = rec.logit_pool or [rec.logit_teacher]
     p_logit = {n: 1 / len(logits) for n in logits}
     always = set(rec.bn_always) | (set(logits) if rec.bn_include_logit else set())
