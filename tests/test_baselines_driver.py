@@ -104,8 +104,8 @@ def test_dry_run_lists_runs_and_writes_nothing(tmp_path):
     assert done.returncode == 0, done.stderr
     names = [line.split()[0] for line in done.stdout.splitlines() if not line.startswith("[")]
     assert names == ["pool", "full_real-hard", "ipc2-delt-real-s0", "ipc2-delt-real-hard-s0",
-                     "ipc2-sre2l-noise-s0", "ipc2-sre2l-noise-hard-s0", "ipc2-sre2l-real-s0",
-                     "ipc2-sre2l-real-hard-s0", "ipc2-random_real-s0"]  # fmt: skip
+                     "ipc2-sre2l-noise-s0", "ipc2-sre2l-noise-hard-s0", "ipc2-random_real-s0",
+                     "ipc2-sre2l-real-s0", "ipc2-sre2l-real-hard-s0"]  # other init last  # fmt: skip
     assert not out.exists()
     bad = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--dry-run", "--methods",
                           "nope"], capture_output=True, text=True, check=False)  # fmt: skip

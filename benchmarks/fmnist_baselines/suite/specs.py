@@ -275,9 +275,18 @@ def build_specs(
     cfg["method"] = "Full real data"
     cfg["recover"]["slices_per_task"] = 500
     cfg = finish(cfg, "full_real-hard", 0, "all", mode.real_hard_epochs, mode.student_seeds)
-    # the longest single run goes first, so that it overlaps the many short ones
-    specs.insert(1, RunSpec("full_real-hard", "real", "full_real", 0, "real", 0, cfg))
-    return specs
+    # Order (names and configs do not depend on it): the longest single run first, so that it
+    # overlaps the many short ones; then every method's first recovery seed, its syn-hard
+    # partner and the random subset, later seeds after, the other inits last; so a run cut
+    # short by its budget has the whole comparison at one seed first.
+    native = {m.key: m.native_init for m in methods}
+    rest = sorted(
+        enumerate(specs[1:]),
+        key=lambda t: (t[1].group in ("method", "hard") and t[1].init != native[t[1].variant],
+                       mode.rec_seeds.index(t[1].seed), t[0]),
+    )  # fmt: skip
+    real = RunSpec("full_real-hard", "real", "full_real", 0, "real", 0, cfg)
+    return [specs[0], real] + [s for _, s in rest]
 
 
 def validate(specs: list[RunSpec]) -> None:
