@@ -355,8 +355,8 @@ def test_patch_labels_are_stored_and_the_student_sees_the_labelled_view(tmp_path
     """Offline relabel with RDED's shuffle: the plan's strip orders are stored, the teacher
     labelled the shuffled view (not the plain one), and every rank's student batch is that
     same shuffled view bit for bit, with the stored labels of its positions."""
-    from prism_hpc.relabel.ensemble import load_ensemble
     from prism_hpc.relabel.augment import build_batch
+    from prism_hpc.relabel.ensemble import load_ensemble
     from prism_hpc.store.distilled import DistilledSet
     from prism_hpc.store.softlabels import SoftLabelReader, fingerprint
     from prism_hpc.train.data import StepBatches, rank_pieces, step_loader
