@@ -392,3 +392,27 @@ def test_patch_labels_are_stored_and_the_student_sees_the_labelled_view(tmp_path
             assert torch.equal(item["x"], xb[pos]) and item["lam"] == lam
             assert torch.equal(item["soft"], stored.soft_labels(b)[pos])
     reader.close()
+
+
+def test_a_restarted_slice_keeps_its_finished_chunks(tmp_path):
+    """Progress files (the optimising path's restart state) carry RDED chunks too: a rerun
+    loads them, logs it, and returns the same images and provenance."""
+    src = ConstantSource()
+    cfg = config_from_dict(_rded_cfg())
+    cfg.recover.classes_per_batch = 1
+    args = (
+        cfg, 0, {"resnet18": BrightObserver()}, {}, src, class_index(src.labels, 2), 2,
+        ([0.5], [0.25]), torch.device("cpu"),
+    )  # fmt: skip
+    first = recover_slice(*args, log=lambda m: None, progress_dir=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "slice_00000").iterdir()) == [
+        "chunk_0000.npz", "chunk_0001.npz"
+    ]  # fmt: skip
+    lines: list[str] = []
+    again = recover_slice(*args, log=lines.append, progress_dir=tmp_path)
+    assert lines == [f"slice 0 chunk {c}: finished before a restart, kept" for c in (0, 1)]
+    assert np.array_equal(first["images"], again["images"])
+    strip = ("peak_memory_mb",)
+    assert {k: v for k, v in first["provenance"].items() if k not in strip} == {
+        k: v for k, v in again["provenance"].items() if k not in strip
+    }
