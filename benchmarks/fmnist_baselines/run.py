@@ -57,6 +57,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="list runs, states, commands; run nothing")
     p.add_argument("--only", default=None, help="only runs whose name matches this glob (+ pool)")
     p.add_argument("--no-report", action="store_true", help="skip writing BENCHMARKS.md")
+    p.add_argument("--report-only", action="store_true",
+                   help="write BENCHMARKS.md from the runs finished so far; run nothing")
     return p.parse_args(argv)  # fmt: skip
 
 
@@ -85,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
             state = run_status(out, s) if out.exists() else "new"
             cmd = "-" if state in ("done", "changed") else shlex.join(command(out, s, state, jobs))
             print(f"{s.name:34s} {state:8s} {cmd}")
+        return 0
+
+    if args.report_only:
+        out.mkdir(parents=True, exist_ok=True)
+        path = write_benchmarks(out, mode, specs, methods, Timings(out / "timings.json"), argv,
+                                jobs, [])  # fmt: skip
+        print(f"[bench] wrote {path}", flush=True)
         return 0
 
     for sub in ("configs", "logs", "runs"):

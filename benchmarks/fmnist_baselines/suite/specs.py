@@ -277,14 +277,15 @@ def build_specs(
     cfg = finish(cfg, "full_real-hard", 0, "all", mode.real_hard_epochs, mode.student_seeds)
     # Order (names and configs do not depend on it): the longest single run first, so that it
     # overlaps the many short ones; then every method's first recovery seed, its syn-hard
-    # partner and the random subset, later seeds after, the other inits last; so a run cut
-    # short by its budget has the whole comparison at one seed first.
+    # partner and the random subset (and PRISM from both inits: every method's reference),
+    # later seeds after, the other methods' other inits last; so a run cut short by its budget
+    # has the whole comparison at one seed first.
     native = {m.key: m.native_init for m in methods}
-    rest = sorted(
-        enumerate(specs[1:]),
-        key=lambda t: (t[1].group in ("method", "hard") and t[1].init != native[t[1].variant],
-                       mode.rec_seeds.index(t[1].seed), t[0]),
-    )  # fmt: skip
+
+    def late(s: RunSpec) -> bool:
+        return s.group in ("method", "hard") and s.variant != "prism" and s.init != native[s.variant]
+
+    rest = sorted(enumerate(specs[1:]), key=lambda t: (late(t[1]), mode.rec_seeds.index(t[1].seed), t[0]))
     real = RunSpec("full_real-hard", "real", "full_real", 0, "real", 0, cfg)
     return [specs[0], real] + [s for _, s in rest]
 
