@@ -40,6 +40,10 @@ def wall_section(out: Path, specs: list[RunSpec], timings: Timings, methods: lis
             continue
         groups.setdefault((s.group, s.variant, s.init, s.ipc), []).append(s)
     lines = []
+    # the pipeline's stages plus any a method adds (DELT's rank, G-VBSM/EDC's statistics)
+    seen = {k for s in specs if s.group != "pool" for k in stage_seconds(out, s.name)}
+    stages = [k for k in ("squeeze", "rank", "statistics") if k in seen] + [
+        k for k in STAGES if k != "squeeze"] + sorted(seen - set(STAGES) - {"rank", "statistics"})
     kinds = {"method": "", "hard": " (hard labels)", "rdm": "", "real": ""}
     for (group, variant, init, ipc), members in groups.items():
         timed = [s for s in members if stage_seconds(out, s.name)]
@@ -51,14 +55,14 @@ def wall_section(out: Path, specs: list[RunSpec], timings: Timings, methods: lis
                                     "full_real": "Full real data"}.get(variant, variant))  # fmt: skip
         row = [f"{name}{kinds[group]}", init, "all" if ipc == 0 else str(ipc), str(len(timed))]
         row += [fmt_s(sum(p.get(k, 0.0) for p in per) / len(per)) if any(k in p for p in per)
-                else "-" for k in STAGES]  # fmt: skip
+                else "-" for k in stages]  # fmt: skip
         row.append(fmt_s(sum(walls) / len(walls)))
         lines.append(row)
     if not lines:
         return ""
     return (
         "## Wall time per method on this machine\n\n"
-        + md_table(["Method", "Init", "IPC", "Runs", *STAGES, "submit wall per run"], lines)
+        + md_table(["Method", "Init", "IPC", "Runs", *stages, "submit wall per run"], lines)
         + "\n\nMean seconds per run of each stage (sum of the item times the local backend "
         "logs), one intra-op thread per process, `--jobs` processes side by side on a shared "
         "machine: compare methods within this table, not with other machines. `recover` is "
