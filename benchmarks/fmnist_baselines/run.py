@@ -22,21 +22,17 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
-import shlex
-import signal
 import sys
 import time
 from pathlib import Path
-
-import yaml
 
 HERE = Path(__file__).resolve().parent
 for _path in (HERE, HERE.parent, HERE.parent.parent):  # suite; benchmarks/; the repository
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from fmnist_prism_vs_sre2l.driver import Timings, command, fmt_s, run_all, sigterm_handler
-from fmnist_prism_vs_sre2l.driver import status as run_status
+from fmnist_prism_vs_sre2l.driver import Timings, fmt_s
+from fmnist_prism_vs_sre2l.driver.runner import print_dry_run, run_session
 from suite.report import write_benchmarks
 from suite.specs import MODES, REPO, build_specs, discover_methods, validate
 
@@ -83,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench] out: {out}; {len(specs) - 1} runs + the teacher pool; --jobs {jobs}",
           flush=True)  # fmt: skip
     if args.dry_run:
-        for s in specs:
-            state = run_status(out, s) if out.exists() else "new"
-            cmd = "-" if state in ("done", "changed") else shlex.join(command(out, s, state, jobs))
-            print(f"{s.name:34s} {state:8s} {cmd}")
+        print_dry_run(out, specs, jobs)
         return 0
 
     if args.report_only:
@@ -96,25 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] wrote {path}", flush=True)
         return 0
 
-    for sub in ("configs", "logs", "runs"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    for s in specs:
-        path = out / "configs" / f"{s.name}.yaml"
-        text = yaml.safe_dump(s.config, sort_keys=False)
-        if not path.is_file() or path.read_text() != text:
-            path.write_text(text)
-    timings = Timings(out / "timings.json")
-    signal.signal(signal.SIGTERM, sigterm_handler)
-    start, load0 = time.time(), os.getloadavg()[0]
-    try:
-        failed = run_all(out, specs, jobs, timings)
-    except KeyboardInterrupt:
-        timings.session({"mode": mode.name, "wall_s": round(time.time() - start, 1),
-                         "interrupted": True, "loadavg_start": load0})  # fmt: skip
+    failed, timings, start = run_session(out, mode.name, specs, jobs, argv)
+    if failed is None:
         return 130
-    timings.session({"mode": mode.name, "wall_s": round(time.time() - start, 1),
-                     "loadavg_start": load0, "loadavg_end": os.getloadavg()[0], "jobs": jobs,
-                     "argv": argv})  # fmt: skip
     if not args.no_report:
         path = write_benchmarks(out, mode, specs, methods, timings, argv, jobs, failed)
         print(f"[bench] wrote {path}", flush=True)

@@ -27,13 +27,9 @@ import argparse
 import fnmatch
 import json
 import os
-import shlex
-import signal
 import sys
 import time
 from pathlib import Path
-
-import yaml
 
 HERE = Path(__file__).resolve().parent
 for _path in (HERE, HERE.parent.parent):  # the driver package; the repository (prism_hpc)
@@ -43,18 +39,15 @@ for _path in (HERE, HERE.parent.parent):  # the driver package; the repository (
 from driver import (
     MODES,
     REPO,
-    Timings,
     build_specs,
     calibrate,
-    command,
     fmt_s,
     publish,
-    run_all,
-    sigterm_handler,
     status,
     validate,
     write_benchmarks,
 )
+from driver.runner import print_dry_run, run_session
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -102,46 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         f"[bench] out: {out}; {len(specs) - 1} runs + the teacher pool; --jobs {jobs}", flush=True
     )
     if args.dry_run:
-        for s in specs:
-            state = status(out, s) if out.exists() else "new"
-            cmd = "-" if state in ("done", "changed") else shlex.join(command(out, s, state, jobs))
-            print(f"{s.name:34s} {state:8s} {cmd}")
+        print_dry_run(out, specs, jobs)
         return 0
 
-    for sub in ("configs", "logs", "runs"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    for s in specs:
-        path = out / "configs" / f"{s.name}.yaml"
-        text = yaml.safe_dump(s.config, sort_keys=False)
-        if not path.is_file() or path.read_text() != text:
-            path.write_text(text)
-    timings = Timings(out / "timings.json")
-    signal.signal(signal.SIGTERM, sigterm_handler)  # `kill PID` stops the runs like Ctrl-C
-    start = time.time()
-    load0 = os.getloadavg()[0]
-    failed: list[tuple[str, Path]] = []
-    try:
-        failed = run_all(out, specs, jobs, timings)
-    except KeyboardInterrupt:
-        timings.session(
-            {
-                "mode": mode.name,
-                "wall_s": round(time.time() - start, 1),
-                "interrupted": True,
-                "loadavg_start": load0,
-            }
-        )
+    failed, timings, start = run_session(out, mode.name, specs, jobs, argv)
+    if failed is None:
         return 130
-    timings.session(
-        {
-            "mode": mode.name,
-            "wall_s": round(time.time() - start, 1),
-            "loadavg_start": load0,
-            "loadavg_end": os.getloadavg()[0],
-            "jobs": jobs,
-            "argv": argv,
-        }
-    )
     if mode.name == "smoke" and not (out / "calibration.json").is_file():
         cal = calibrate(specs[1].config if len(specs) > 1 else specs[0].config)
         (out / "calibration.json").write_text(json.dumps(cal, indent=1) + "\n")

@@ -195,3 +195,42 @@ def run_all(out: Path, specs: list[RunSpec], jobs: int, timings: Timings) -> lis
 def sigterm_handler(signum, frame):
     """`kill PID` stops the runs like Ctrl-C (run_all's KeyboardInterrupt path)."""
     raise KeyboardInterrupt
+
+
+def print_dry_run(out: Path, specs: list[RunSpec], jobs: int) -> None:
+    """`--dry-run`: every run, its state and the exact command it would get; nothing written."""
+    for s in specs:
+        state = status(out, s) if out.exists() else "new"
+        cmd = "-" if state in ("done", "changed") else shlex.join(command(out, s, state, jobs))
+        print(f"{s.name:34s} {state:8s} {cmd}")
+
+
+def run_session(
+    out: Path, mode_name: str, specs: list[RunSpec], jobs: int, argv: list[str]
+) -> tuple[list[tuple[str, Path]] | None, Timings, float]:
+    """Write OUT/configs, run every spec (the pool first), record the driver session in
+    timings.json. Returns (failed runs, or None if interrupted; the timings; the start time).
+    Shared by both Fashion-MNIST benchmarks' run.py."""
+    import yaml
+
+    for sub in ("configs", "logs", "runs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for s in specs:
+        path = out / "configs" / f"{s.name}.yaml"
+        text = yaml.safe_dump(s.config, sort_keys=False)
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+    timings = Timings(out / "timings.json")
+    signal.signal(signal.SIGTERM, sigterm_handler)  # `kill PID` stops the runs like Ctrl-C
+    start = time.time()
+    load0 = os.getloadavg()[0]
+    try:
+        failed = run_all(out, specs, jobs, timings)
+    except KeyboardInterrupt:
+        timings.session({"mode": mode_name, "wall_s": round(time.time() - start, 1),
+                         "interrupted": True, "loadavg_start": load0})  # fmt: skip
+        return None, timings, start
+    timings.session({"mode": mode_name, "wall_s": round(time.time() - start, 1),
+                     "loadavg_start": load0, "loadavg_end": os.getloadavg()[0], "jobs": jobs,
+                     "argv": argv})  # fmt: skip
+    return failed, timings, start
