@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.report_only:
         out.mkdir(parents=True, exist_ok=True)
-        path = write_benchmarks(out, mode, specs, methods, Timings(out / "timings.json"), argv,
+        ran = [a for a in argv if a != "--report-only"]  # the command that made the runs
+        path = write_benchmarks(out, mode, specs, methods, Timings(out / "timings.json"), ran,
                                 jobs, [])  # fmt: skip
         print(f"[bench] wrote {path}", flush=True)
         return 0

@@ -4,21 +4,17 @@ the DD-Ranking scores and the wall time per method, and orders the document."""
 
 from __future__ import annotations
 
-import os
-import shlex
-import sys
-import time
 from pathlib import Path
 
 from fmnist_prism_vs_sre2l.driver.markdown import fmt_s, md_table
-from fmnist_prism_vs_sre2l.driver.report import git_state
+from fmnist_prism_vs_sre2l.driver.report import header_parts
 from fmnist_prism_vs_sre2l.driver.sections_results import diversity_section, paired_section
 from fmnist_prism_vs_sre2l.driver.sections_runs import per_run_section
 from fmnist_prism_vs_sre2l.driver.specs import STAGES, RunSpec
 from fmnist_prism_vs_sre2l.driver.state import run_dir, status
 from fmnist_prism_vs_sre2l.driver.timings import Timings, stage_seconds
 
-from .specs import HERE, REPO, Method, Mode
+from .specs import HERE, Method, Mode
 
 SCRIPT = HERE / "run.py"
 
@@ -144,28 +140,9 @@ def write_benchmarks(
     finished = [s for s in specs[1:] if states[s.name] == "done"]
     by_name = {s.name: s for s in specs}
     order = _order(methods)
-    parts = [f"# Every SRe2L-family method on Fashion-MNIST, one protocol ({mode.name} mode)\n"]
-    if mode.name != "full":
-        parts.append(f"> **{mode.note}**\n")
-    parts.append(
-        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from `{out}`: {len(finished)} of "
-        f"{len(specs) - 1} runs finished"
-        + (f"; **failed: {', '.join(n for n, _ in failed)}**" if failed else "")
-        + ".\n"
-    )
-    py = os.path.relpath(sys.executable, REPO) if str(sys.executable).startswith(str(REPO)) \
-        else sys.executable  # fmt: skip
-    parts.append("Command (from the repository root):\n\n```\n"
-                 + shlex.join([py, os.path.relpath(SCRIPT, REPO), *argv]) + "\n```\n")  # fmt: skip
-    sessions = timings.data.get("sessions", [])
-    loads = [x.get("loadavg_start") for x in sessions if x.get("loadavg_start")]
-    parts.append(
-        f"Machine: {os.cpu_count()} CPU cores shared with other work, `--jobs {jobs}`, one "
-        f"thread per run; driver wall time {fmt_s(sum(x.get('wall_s', 0.0) for x in sessions))}"
-        + (f"; 1-min load at session starts {', '.join(f'{x:.1f}' for x in loads)}" if loads
-           else "")
-        + f". Code: {git_state()}. Findings: [FINDINGS.md](FINDINGS.md).\n"
-    )  # fmt: skip
+    parts = header_parts(out, "Every SRe2L-family method on Fashion-MNIST, one protocol", mode,
+                         specs, finished, failed, timings, argv, jobs, SCRIPT)  # fmt: skip
+    parts.append("Findings (hand-written, for the committed run): [FINDINGS.md](FINDINGS.md).\n")
     parts.append(setup_section(specs, mode, methods))
     parts.append(pool_section(out))
 

@@ -35,40 +35,8 @@ def write_benchmarks(
     states = {s.name: status(out, s) for s in specs}
     finished = [s for s in specs[1:] if states[s.name] == "done"]
     by_name = {s.name: s for s in specs}
-    parts = [f"# PRISM vs SRe2L on Fashion-MNIST ({mode.name} mode)\n"]
-    if mode.name != "full":
-        parts.append(f"> **{mode.note}**\n")
-    parts.append(
-        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from `{out}`: "
-        f"{len(finished)} of {len(specs) - 1} runs finished"
-        + (f"; **failed: {', '.join(n for n, _ in failed)}**" if failed else "")
-        + ".\n"
-    )
-    rel_script = os.path.relpath(SCRIPT, REPO)
-    py = (
-        os.path.relpath(sys.executable, REPO)
-        if str(sys.executable).startswith(str(REPO))
-        else (sys.executable)
-    )
-    parts.append(
-        "Command (from the repository root):\n\n```\n"
-        + shlex.join([py, rel_script, *argv])
-        + "\n```\n"
-    )
-    sessions = timings.data.get("sessions", [])
-    total_wall = sum(x.get("wall_s", 0.0) for x in sessions)
-    loads = [x.get("loadavg_start") for x in sessions if x.get("loadavg_start")]
-    git = git_state()
-    parts.append(
-        f"Machine: {os.cpu_count()} CPU cores, `--jobs {jobs}` runs side by side, one thread "
-        f"each; driver wall time {fmt_s(total_wall)} over {len(sessions)} session(s)"
-        + (
-            f"; 1-min load average at session starts: {', '.join(f'{x:.1f}' for x in loads)}"
-            if loads
-            else ""
-        )
-        + f". Code: {git}.\n"
-    )
+    parts = header_parts(out, "PRISM vs SRe2L on Fashion-MNIST", mode, specs, finished, failed,
+                         timings, argv, jobs, SCRIPT)  # fmt: skip
     parts.append(
         "How to read these numbers (hand-written, from the committed full run): "
         "[FINDINGS.md](FINDINGS.md), next to the committed copy of this file in "
@@ -192,3 +160,46 @@ def setup_section(specs: list[RunSpec], mode: Mode) -> str:
         ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def header_parts(
+    out: Path, title: str, mode, specs, finished, failed, timings: Timings, argv: list[str],
+    jobs: int, script: Path,
+) -> list[str]:
+    """Title, mode note, what finished, the exact command and the machine/code line of a
+    BENCHMARKS.md (shared with benchmarks/fmnist_baselines)."""
+    parts = [f"# {title} ({mode.name} mode)\n"]
+    if mode.name != "full":
+        parts.append(f"> **{mode.note}**\n")
+    parts.append(
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from `{out}`: "
+        f"{len(finished)} of {len(specs) - 1} runs finished"
+        + (f"; **failed: {', '.join(n for n, _ in failed)}**" if failed else "")
+        + ".\n"
+    )
+    rel_script = os.path.relpath(script, REPO)
+    py = (
+        os.path.relpath(sys.executable, REPO)
+        if str(sys.executable).startswith(str(REPO))
+        else (sys.executable)
+    )
+    parts.append(
+        "Command (from the repository root):\n\n```\n"
+        + shlex.join([py, rel_script, *argv])
+        + "\n```\n"
+    )
+    sessions = timings.data.get("sessions", [])
+    total_wall = sum(x.get("wall_s", 0.0) for x in sessions)
+    loads = [x.get("loadavg_start") for x in sessions if x.get("loadavg_start")]
+    git = git_state()
+    parts.append(
+        f"Machine: {os.cpu_count()} CPU cores, `--jobs {jobs}` runs side by side, one thread "
+        f"each; driver wall time {fmt_s(total_wall)} over {len(sessions)} session(s)"
+        + (
+            f"; 1-min load average at session starts: {', '.join(f'{x:.1f}' for x in loads)}"
+            if loads
+            else ""
+        )
+        + f". Code: {git}.\n"
+    )
+    return parts
