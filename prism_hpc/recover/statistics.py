@@ -59,17 +59,23 @@ def patch_rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(n, u * v, c * PATCH * PATCH)
 
 
-def batch_patch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(var, mean), each (P,): per patch position over the whole batch."""
-    return torch.var_mean(patch_rows(x), dim=(0, 2), unbiased=False)
+def batch_patch_stats(
+    x: torch.Tensor, rows: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(var, mean), each (P,): per patch position over the whole batch. `rows`: x's
+    `patch_rows`, when the caller already has them (the upsampling is the costly part)."""
+    return torch.var_mean(patch_rows(x) if rows is None else rows, dim=(0, 2), unbiased=False)
 
 
-def sample_stats(x: torch.Tensor, patch: bool) -> dict[str, torch.Tensor]:
+def sample_stats(
+    x: torch.Tensor, patch: bool, rows: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Per-sample statistics: mean/var (N, C) over (H, W); patch_mean/var (N, P)."""
     var, mean = torch.var_mean(x, dim=(2, 3), unbiased=False)
     out = {"mean": mean, "var": var}
     if patch:
-        pvar, pmean = torch.var_mean(patch_rows(x), dim=2, unbiased=False)
+        rows = patch_rows(x) if rows is None else rows
+        pvar, pmean = torch.var_mean(rows, dim=2, unbiased=False)
         out.update(patch_mean=pmean, patch_var=pvar)
     return out
 
@@ -102,17 +108,18 @@ def compute_statistics(
         def hook(module, inputs, output) -> None:
             x = inputs[0].float()
             n = x.shape[0]
+            rows = patch_rows(x) if patch and kind == "conv" else None  # built once per layer
             if kind == "conv":
                 var, mean = _channel(x)
                 add(f"global/{name}/mean", mean * n)
                 add(f"global/{name}/var", var * n)
                 if patch:
-                    pvar, pmean = batch_patch_stats(x)
+                    pvar, pmean = batch_patch_stats(x, rows)
                     add(f"global/{name}/patch_mean", pmean * n)
                     add(f"global/{name}/patch_var", pvar * n)
             if per_class:
                 labels = seen["labels"].to(x.device)
-                for stat, values in sample_stats(x, patch and kind == "conv").items():
+                for stat, values in sample_stats(x, patch and kind == "conv", rows).items():
                     acc = values.new_zeros((num_classes, values.shape[1]), dtype=torch.float64)
                     acc.index_add_(0, labels, values.double())
                     add(f"class/{name}/{stat}", acc.cpu())
