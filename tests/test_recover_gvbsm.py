@@ -19,6 +19,7 @@ from prism_hpc.recover.statistics import (
     batch_patch_stats,
     compute_statistics,
     patch_rows,
+    sample_stats,
     stat_layers,
 )
 from prism_hpc.seeding import generator
@@ -77,6 +78,29 @@ def test_patch_statistics_by_hand():
     assert mean.tolist() == [3.0, 5.0] and var.tolist() == [4.0, 4.0]
     # 8x8 inputs are resized up to 16x16 first: one patch holding the whole image
     assert patch_rows(torch.ones(3, 2, 8, 8)).shape == (3, 1, 2 * 16 * 16)
+
+
+@pytest.mark.parametrize(
+    "shape", [(4, 3, 2, 2), (3, 2, 8, 8), (5, 2, 20, 20), (3, 4, 32, 32), (2, 3, 7, 5),
+              (2, 2, 16, 20), (3, 2, 1, 1), (2, 2, 48, 33)],
+)  # fmt: skip
+def test_patch_moments_equal_the_resized_patches(shape):
+    """The cheap separable form (no resized tensor) = var/mean of the explicit 16x16 patches
+    of the bilinearly resized input, batch and per-sample, values and gradients (float64)."""
+    g = torch.Generator().manual_seed(sum(shape))
+    x = (torch.randn(*shape, generator=g, dtype=torch.float64) * 2 + 3).relu()
+    x.requires_grad_(True)
+    rows = patch_rows(x)
+    want = [*torch.var_mean(rows, dim=(0, 2), unbiased=False),
+            *torch.var_mean(rows, dim=2, unbiased=False)]  # fmt: skip
+    per_sample = sample_stats(x, patch=True)
+    got = [*batch_patch_stats(x), per_sample["patch_var"], per_sample["patch_mean"]]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    weights = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in want]
+    grad_want = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, want)), x)[0]
+    grad_got = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, got)), x)[0]
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-9, atol=1e-12)
 
 
 def test_conv_and_bn_terms_by_hand():

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Every SRe2L-family method on Fashion-MNIST under one protocol: resumable, timed, scored.
 
-    .venv/bin/python benchmarks/fmnist_baselines/run.py [--quick | --smoke] [--methods a,b]
+    .venv/bin/python benchmarks/fmnist_baselines/run.py [--quick | --ipc10 | --smoke] [--methods a,b]
         [--out DIR] [--jobs N] [--dry-run] [--only GLOB] [--no-report]
 
 1. `pool`: `prism-hpc submit ... --stages squeeze` trains the shared teacher pool once.
@@ -43,25 +43,47 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     m = p.add_mutually_exclusive_group()
     m.add_argument("--quick", action="store_true", help="IPC 10, 2 recovery seeds (~35 min)")
+    m.add_argument(
+        "--ipc10",
+        action="store_true",
+        help="the full protocol at IPC 10 only, syn-hard for seed 0 (~2.5 h)",
+    )
     m.add_argument("--smoke", action="store_true", help="tiny sizes: proves the driver")
-    p.add_argument("--methods", default=None,
-                   help="comma-separated method keys (prism, sre2l, cda, delt, ...); default all")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default runs/fmnist_baselines[-quick|-smoke])")
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="runs side by side, one CPU thread each (default 2)")
-    p.add_argument("--dry-run", action="store_true", help="list runs, states, commands; run nothing")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated method keys (prism, sre2l, cda, delt, ...); default all",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default runs/fmnist_baselines[-quick|-ipc10|-smoke])",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="runs side by side, one CPU thread each (default 2)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="list runs, states, commands; run nothing"
+    )
     p.add_argument("--only", default=None, help="only runs whose name matches this glob (+ pool)")
     p.add_argument("--no-report", action="store_true", help="skip writing BENCHMARKS.md")
-    p.add_argument("--report-only", action="store_true",
-                   help="write BENCHMARKS.md from the runs finished so far; run nothing")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write BENCHMARKS.md from the runs finished so far; run nothing",
+    )
     return p.parse_args(argv)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    mode = MODES["quick" if args.quick else "smoke" if args.smoke else "full"]
+    chosen = [name for name in ("quick", "ipc10", "smoke") if getattr(args, name)]
+    mode = MODES[chosen[0] if chosen else "full"]
     suffix = "" if mode.name == "full" else f"-{mode.name}"
     out = (args.out or REPO / "runs" / f"fmnist_baselines{suffix}").resolve()
     jobs = max(1, args.jobs)

@@ -49,7 +49,8 @@ def _up16(n: int) -> int:
 
 def patch_rows(x: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> (N, P, C*16*16): the 16x16 patches of x resized up to multiples of 16
-    (bilinear, as the official hooks), one row per (image, patch position)."""
+    (bilinear, as the official hooks), one row per (image, patch position). The definition;
+    the statistics use the equal, much cheaper `patch_moments`."""
     n, c, h, w = x.shape
     hh, ww = _up16(h), _up16(w)
     if (hh, ww) != (h, w):
@@ -59,23 +60,66 @@ def patch_rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(n, u * v, c * PATCH * PATCH)
 
 
-def batch_patch_stats(
-    x: torch.Tensor, rows: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(var, mean), each (P,): per patch position over the whole batch. `rows`: x's
-    `patch_rows`, when the caller already has them (the upsampling is the costly part)."""
-    return torch.var_mean(patch_rows(x) if rows is None else rows, dim=(0, 2), unbiased=False)
+def _axis_blocks(n: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """For one axis of length n resized (bilinear) to `_up16(n)` and cut into 16-blocks:
+    `mean_w` (blocks, n), the weights giving each block's mean from the unresized axis, and
+    `gram` (blocks, n, n), giving its mean of products (A_b^T A_b / 16 for the block's
+    16 rows A_b of the resize matrix). The resize matrix is read off F.interpolate itself."""
+    m = _up16(n)
+    if m == n:
+        resize = torch.eye(n, device=device, dtype=dtype)
+    else:
+        eye = torch.eye(n, device=device, dtype=dtype).reshape(1, n, n, 1)
+        resize = F.interpolate(eye, size=(m, 1), mode="bilinear", align_corners=False)
+        resize = resize[0, :, :, 0].T  # (m, n): resized = resize @ axis
+    blocks = resize.reshape(m // PATCH, PATCH, n)
+    return blocks.mean(1), torch.einsum("bka,bkc->bac", blocks, blocks) / PATCH
 
 
-def sample_stats(
-    x: torch.Tensor, patch: bool, rows: torch.Tensor | None = None
-) -> dict[str, torch.Tensor]:
-    """Per-sample statistics: mean/var (N, C) over (H, W); patch_mean/var (N, P)."""
+def patch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m1, m2), each (N, C, U, V): the mean and the mean square, per image, channel and
+    16x16 patch, of x resized up to multiples of 16, *without building the resized tensor*.
+
+    Why: at small resolution the resize is most of the data (a 2x2 map becomes 16x16, 64x),
+    and the statistics stage and G-VBSM's loss do this for every conv layer. Bilinear resize
+    is separable and linear (resized = R_h x R_w^T), so a patch's mean is b_i^T x d_j and
+    its mean square is <G_i x H_j, x> with the per-block weights of `_axis_blocks`; when no
+    resize is needed both are plain 16x16 average pools. `patch_rows` is the direct
+    definition the tests compare this with."""
+    h, w = x.shape[-2:]
+    if (_up16(h), _up16(w)) == (h, w):
+        return F.avg_pool2d(x, PATCH), F.avg_pool2d(x * x, PATCH)
+    bh, gh = _axis_blocks(h, x.device, x.dtype)
+    bw, gw = _axis_blocks(w, x.device, x.dtype)
+    m1 = torch.einsum("ua,ncab,vb->ncuv", bh, x, bw)
+    left = torch.einsum("uak,nckw->ncuaw", gh, x)  # G_i x: (N, C, U, h, w)
+    both = torch.einsum("ncuaw,vwq->ncuvaq", left, gw)  # G_i x H_j
+    return m1, (both * x[:, :, None, None]).sum(dim=(-2, -1))
+
+
+def _patch_var_mean(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch (var, mean) over `dims` of the moments (plus each patch's pixels), flattened
+    row-major over patch positions. A scalar shift (the batch mean, detached) is taken out
+    first: the variance does not change, and E[x^2] - E[x]^2 loses far less to rounding."""
+    shift = x.detach().mean()
+    m1, m2 = patch_moments(x - shift)
+    mean = m1.mean(dim=dims)
+    var = (m2.mean(dim=dims) - mean * mean).clamp(min=0)
+    return var.flatten(-2), (mean + shift).flatten(-2)
+
+
+def batch_patch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(var, mean), each (P,): per patch position over the whole batch (N, C, 16, 16)."""
+    return _patch_var_mean(x, (0, 1))
+
+
+def sample_stats(x: torch.Tensor, patch: bool) -> dict[str, torch.Tensor]:
+    """Per-sample statistics: mean/var (N, C) over (H, W); patch_mean/var (N, P) over
+    (C, 16, 16)."""
     var, mean = torch.var_mean(x, dim=(2, 3), unbiased=False)
     out = {"mean": mean, "var": var}
     if patch:
-        rows = patch_rows(x) if rows is None else rows
-        pvar, pmean = torch.var_mean(rows, dim=2, unbiased=False)
+        pvar, pmean = _patch_var_mean(x, (1,))
         out.update(patch_mean=pmean, patch_var=pvar)
     return out
 
@@ -108,18 +152,17 @@ def compute_statistics(
         def hook(module, inputs, output) -> None:
             x = inputs[0].float()
             n = x.shape[0]
-            rows = patch_rows(x) if patch and kind == "conv" else None  # built once per layer
             if kind == "conv":
                 var, mean = _channel(x)
                 add(f"global/{name}/mean", mean * n)
                 add(f"global/{name}/var", var * n)
                 if patch:
-                    pvar, pmean = batch_patch_stats(x, rows)
+                    pvar, pmean = batch_patch_stats(x)
                     add(f"global/{name}/patch_mean", pmean * n)
                     add(f"global/{name}/patch_var", pvar * n)
             if per_class:
                 labels = seen["labels"].to(x.device)
-                for stat, values in sample_stats(x, patch and kind == "conv", rows).items():
+                for stat, values in sample_stats(x, patch and kind == "conv").items():
                     acc = values.new_zeros((num_classes, values.shape[1]), dtype=torch.float64)
                     acc.index_add_(0, labels, values.double())
                     add(f"class/{name}/{stat}", acc.cpu())

@@ -125,6 +125,13 @@ MODES = {
         iter_scale=0.5, student_visits=10000,
         note="the whole benchmark (README: several hours on 2 cores)",
     ),
+    "ipc10": Mode(
+        "ipc10", ipcs=(10,), rec_seeds=(0, 1, 2), student_seeds=(0, 1), hard_seeds=(0,),
+        iter_scale=0.5, student_visits=10000,
+        note="IPC10 MODE: the full protocol (every method, both inits where allowed, 3 "
+        "recovery seeds x 2 student seeds, teachers squeezed for a whole epoch) at IPC 10 "
+        "only; syn-hard runs for recovery seed 0 only (HLR, hence LRS, from one seed).",
+    ),
     "quick": Mode(
         "quick", ipcs=(10,), rec_seeds=(0, 1), student_seeds=(0,), hard_seeds=(0,),
         iter_scale=0.5, student_visits=10000, overrides={"squeeze.max_steps": 150},
