@@ -157,7 +157,10 @@ def write_benchmarks(
         rows.setdefault((s.variant, s.init), r.row)
     parts.append("## Student top-1 (mean ± std over recovery x student seeds)\n")
     parts.append((tables.accuracy_table(runs) if runs else "_No finished runs._") + "\n")
-    comparisons = [((k, i), ("prism", i)) for (k, i) in order if k != "prism"]
+    # against PRISM from the same init; a method with an init of its own (EDC's RDED images)
+    # against PRISM from real images, the nearest start
+    comparisons = [((k, i), ("prism", i if ("prism", i) in order else "real"))
+                   for (k, i) in order if k != "prism"]  # fmt: skip
     method_runs = [r for r in runs if spec_of[str(r.path)].group == "method"]
     paired = paired_section(method_runs, rows, spec_of, comparisons)
     parts.append(paired.replace("### Paired differences", "## Paired differences against PRISM"))
