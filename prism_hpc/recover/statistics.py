@@ -97,29 +97,42 @@ def patch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return m1, (both * x[:, :, None, None]).sum(dim=(-2, -1))
 
 
-def _patch_var_mean(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patch (var, mean) over `dims` of the moments (plus each patch's pixels), flattened
-    row-major over patch positions. A scalar shift (the batch mean, detached) is taken out
-    first: the variance does not change, and E[x^2] - E[x]^2 loses far less to rounding."""
+Moments = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def shifted_moments(x: torch.Tensor) -> Moments:
+    """(m1, m2, shift): `patch_moments` of x minus a scalar shift (the batch mean, detached),
+    which leaves the variance unchanged and makes E[x^2] - E[x]^2 lose far less to rounding.
+    Compute once per layer when both batch and per-sample statistics are wanted."""
     shift = x.detach().mean()
-    m1, m2 = patch_moments(x - shift)
+    return (*patch_moments(x - shift), shift)
+
+
+def _patch_var_mean(moments: Moments, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch (var, mean) over `dims` of the moments (plus each patch's pixels), flattened
+    row-major over patch positions."""
+    m1, m2, shift = moments
     mean = m1.mean(dim=dims)
     var = (m2.mean(dim=dims) - mean * mean).clamp(min=0)
     return var.flatten(-2), (mean + shift).flatten(-2)
 
 
-def batch_patch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_patch_stats(
+    x: torch.Tensor, moments: Moments | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(var, mean), each (P,): per patch position over the whole batch (N, C, 16, 16)."""
-    return _patch_var_mean(x, (0, 1))
+    return _patch_var_mean(moments or shifted_moments(x), (0, 1))
 
 
-def sample_stats(x: torch.Tensor, patch: bool) -> dict[str, torch.Tensor]:
+def sample_stats(
+    x: torch.Tensor, patch: bool, moments: Moments | None = None
+) -> dict[str, torch.Tensor]:
     """Per-sample statistics: mean/var (N, C) over (H, W); patch_mean/var (N, P) over
     (C, 16, 16)."""
     var, mean = torch.var_mean(x, dim=(2, 3), unbiased=False)
     out = {"mean": mean, "var": var}
     if patch:
-        pvar, pmean = _patch_var_mean(x, (1,))
+        pvar, pmean = _patch_var_mean(moments or shifted_moments(x), (1,))
         out.update(patch_mean=pmean, patch_var=pvar)
     return out
 
@@ -152,17 +165,18 @@ def compute_statistics(
         def hook(module, inputs, output) -> None:
             x = inputs[0].float()
             n = x.shape[0]
+            moments = shifted_moments(x) if patch and kind == "conv" else None  # once per layer
             if kind == "conv":
                 var, mean = _channel(x)
                 add(f"global/{name}/mean", mean * n)
                 add(f"global/{name}/var", var * n)
                 if patch:
-                    pvar, pmean = batch_patch_stats(x)
+                    pvar, pmean = batch_patch_stats(x, moments)
                     add(f"global/{name}/patch_mean", pmean * n)
                     add(f"global/{name}/patch_var", pvar * n)
             if per_class:
                 labels = seen["labels"].to(x.device)
-                for stat, values in sample_stats(x, patch and kind == "conv").items():
+                for stat, values in sample_stats(x, patch and kind == "conv", moments).items():
                     acc = values.new_zeros((num_classes, values.shape[1]), dtype=torch.float64)
                     acc.index_add_(0, labels, values.double())
                     add(f"class/{name}/{stat}", acc.cpu())
