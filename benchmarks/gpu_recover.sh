@@ -4,7 +4,7 @@
 # fp32 / bf16, unpacked / packed (recover.pack: 4 chunks of 100 per step), joint / sequential
 # backward, cuDNN deterministic / autotuned, and bf16 + torch.compile; ms per iteration, ms per
 # image-iteration, images x iterations / s, achieved TFLOP/s and the % of the card's peak for
-# the row's precision (datasheet table in prism_hpc/recover/bench.py), peak VRAM of the step
+# the row's precision (datasheet table in prism_hpc/cost/devices.py), peak VRAM of the step
 # and in total. With more than one GPU visible it also times a 2-process NCCL init +
 # all_reduce. Prints a markdown table (and a summary line: bf16 + packing vs the official
 # pattern on this card).
@@ -57,7 +57,7 @@ import torch
 
 sys.path.insert(0, "benchmarks")
 sys.path.insert(0, ".")
-from prism_hpc.recover.bench import bench_recover  # noqa: E402
+from prism_hpc.recover.bench import BenchSpec, bench_recover  # noqa: E402
 from recover_naive import run_naive  # noqa: E402
 
 SMOKE = os.environ.get("SMOKE") == "1"
@@ -114,10 +114,9 @@ for k, (label, kind, precision, pk, comp, memory, det) in plan:
                 r["ms_per_image_iteration"] = r["ms_per_iter"] / batch
                 r["images_iters_per_s"] = round(batch * 1e3 / r["ms_per_iter"], 2)
             else:
-                r = bench_recover(teachers, res, batch, iters, device=device,
-                                  precision=precision, pack=pk, compile=comp, memory=memory,
-                                  warmup=warmup, measure_memory=device == "cuda",
-                                  deterministic=det)
+                spec = BenchSpec(teachers, res, batch, device=device, memory=memory,
+                                 precision=precision, pack=pk, compile=comp, deterministic=det)
+                r = bench_recover(spec, iters, warmup=warmup, measure_memory=device == "cuda")
             row.update(r)
             row["status"] = "ok"
         except Exception as err:  # noqa: BLE001 - keep the table going (e.g. out of memory)

@@ -11,8 +11,8 @@ per iteration. Interleaving matters on a shared machine: load drifts over minute
 and alternates single iterations (rotating which goes first), --pairs times; it reports each
 variant's median and the median of the per-pair ratios naive / variant. Load that changes
 within seconds hits both sides of a pair alike, so this is the most robust number on a shared
-machine. (An optimised iteration there is `recover_chunk(..., iterations=1)` continuing from
-the current images: the loop's per-iteration work plus a fresh Adam object.)
+machine. (An optimised iteration there is `recover_units` of one chunk with 1 iteration,
+continuing from the current images: the loop's per-iteration work plus a fresh Adam object.)
 
 Variants: naive (official pattern); opt (the recover stage's step: fp32, channels_last, joint);
 opt-nchw (opt without channels_last: ablation); opt-varmean (opt with the BN statistics
@@ -45,7 +45,7 @@ if variant == "naive":
     r = run_naive(teachers, {res}, {batch}, {iters}, {warmup}, "cpu", {threads})
 else:
     from prism_hpc.recover import loop
-    from prism_hpc.recover.bench import bench_recover
+    from prism_hpc.recover.bench import BenchSpec, bench_recover
     if "varmean" in variant:  # ablation: BN statistics by torch.var_mean + autograd
         from prism_hpc.recover import objective
         def var_mean_stats(x):
@@ -59,10 +59,10 @@ else:
     tokens = variant.split("-")[1:]
     pack = next((int(t[4:]) for t in tokens if t.startswith("pack")), 1)
     precision = next((t for t in tokens if t in ("bf16", "fp16")), "fp32")
-    r = bench_recover(teachers, {res}, {batch}, {iters}, precision=precision, pack=pack,
-                      compile="compile" in tokens,
-                      memory="sequential" if "seq" in tokens else "joint",
-                      warmup={warmup}, threads={threads}, measure_memory=False, count=False)
+    spec = BenchSpec(teachers, {res}, {batch}, precision=precision, pack=pack,
+                     compile="compile" in tokens,
+                     memory="sequential" if "seq" in tokens else "joint", threads={threads})
+    r = bench_recover(spec, {iters}, warmup={warmup}, measure_memory=False, count=False)
 print("RESULT " + json.dumps(r))
 """
 
@@ -101,8 +101,8 @@ def paired(a) -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from recover_naive import NaiveLoop
 
-    from prism_hpc.recover.bench import build_problem
-    from prism_hpc.recover.loop import recover_chunk
+    from prism_hpc.recover.bench import BenchSpec, build_problem
+    from prism_hpc.recover.loop import Unit, recover_units
     from prism_hpc.recover.objective import bn_hooks
 
     torch.set_num_threads(a.threads)
@@ -114,9 +114,10 @@ def paired(a) -> None:
     for v in variants:
         if v not in ("opt", "opt-bf16", "opt-seq", "opt-compile"):
             raise SystemExit(f"--paired supports opt, opt-bf16, opt-seq, opt-compile, not {v}")
-        p = build_problem(teachers, a.res, a.batch, amp="bf16" if v == "opt-bf16" else None,
-                          compile=v == "opt-compile",
-                          memory="sequential" if v == "opt-seq" else "joint")  # fmt: skip
+        p = build_problem(BenchSpec(
+            teachers, a.res, a.batch, precision="bf16" if v == "opt-bf16" else "fp32",
+            compile=v == "opt-compile", memory="sequential" if v == "opt-seq" else "joint",
+        ))  # fmt: skip
         opts[v] = {"p": p, "x": p.x0, "g": torch.Generator().manual_seed(1), "hooks": None}
     order = ["naive"] + variants
     times: dict[str, list[float]] = {v: [] for v in order}
@@ -134,10 +135,9 @@ def paired(a) -> None:
                 else:
                     o = opts[v]
                     p = o["p"]
-                    o["x"], _, _ = recover_chunk(
-                        o["x"], p.targets, p.models, o["hooks"], p.cfg, 1, p.bounds,
-                        aug_gen=o["g"], role_gen=o["g"], fixed_roles=p.roles,
-                    )  # fmt: skip
+                    unit = Unit(o["x"], p.targets, 1, o["g"], o["g"], p.roles)
+                    ((o["x"], _, _),) = recover_units([unit], p.models, o["hooks"], p.cfg,
+                                                      p.bounds)  # fmt: skip
                 if i >= a.warmup:
                     times[v].append(time.perf_counter() - t0)
     finally:
@@ -176,9 +176,10 @@ def objective_check(a) -> None:
     from recover_naive import NaiveSetup, naive_objective
 
     from prism_hpc.recover import augment
-    from prism_hpc.recover.bench import build_problem
-    from prism_hpc.recover.loop import packed_loss, prepare_teachers, recovery_loss
-    from prism_hpc.recover.objective import bn_divisor, bn_hooks
+    from prism_hpc.recover.bench import BenchSpec, build_problem
+    from prism_hpc.recover.loss import Part, packed_loss, recovery_loss
+    from prism_hpc.recover.objective import bn_hooks
+    from prism_hpc.recover.precision import prepare_teachers
 
     torch.set_num_threads(a.threads)
     teachers = a.teachers.split(",")
@@ -190,25 +191,21 @@ def objective_check(a) -> None:
         tokens = v.split("-")[1:]
         pack = next((int(t[4:]) for t in tokens if t.startswith("pack")), 1)
         precision = next((t for t in tokens if t in ("bf16", "fp16")), "fp32")
-        p = build_problem(teachers, a.res, a.batch, precision=precision, pack=pack)
+        p = build_problem(BenchSpec(teachers, a.res, a.batch, precision=precision, pack=pack))
         models = prepare_teachers(p.models, p.cfg)
         g = torch.Generator().manual_seed(0)
         worst = 0.0
         with bn_hooks(models, p.cfg.first_bn_multiplier) as hooks, torch.no_grad():
-            k = bn_divisor(p.roles.bn, hooks, p.cfg.reduction, p.cfg.count_bnless)
             for _ in range(a.draws):
                 d = augment.draw(p.cfg.augment, a.res, a.batch, g)
                 ref = naive_objective(setup, setup.problem.x0, setup.problem.targets, d).item()
                 if pack == 1:
-                    got = recovery_loss(p.x0, p.targets, p.roles, models, hooks, p.cfg, d, False)
-                    got = got[0].item()
+                    part = Part(p.x0, p.targets, p.roles, d)
+                    got = recovery_loss(part, models, hooks, p.cfg, False)[0].item()
                 else:
-                    xs = list(p.x0.split(a.batch))
-                    ys = list(p.targets.split(a.batch))
-                    ce, bn = packed_loss(
-                        xs, ys, [p.roles] * pack, [d] * pack, models, hooks, p.cfg, False
-                    )
-                    got = (ce[0] + p.cfg.r_bn / k * bn[0]).item()
+                    parts = [Part(x, y, p.roles, d) for x, y in
+                             zip(p.x0.split(a.batch), p.targets.split(a.batch), strict=True)]
+                    got = packed_loss(parts, models, hooks, p.cfg, False)[0][0].item()
                 worst = max(worst, abs(got - ref) / abs(ref))
         print(f"| {v} | {worst:.1e} ({a.draws} draws) |", flush=True)
     setup.close()

@@ -17,7 +17,7 @@ seed, so the weights are those of `prism-hpc bench recover`.
         --iters 10 --threads 2 [--device cuda] [--json]
 
 `naive_objective` computes the official loss for a given input and augmentation draw; the tests
-compare it with `prism_hpc.recover.loop.recovery_loss`.
+compare it with `prism_hpc.recover.loss.recovery_loss`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prism_hpc.recover.bench import IMAGENET_MEAN, IMAGENET_STD, build_problem
+from prism_hpc.recover.bench import IMAGENET_MEAN, IMAGENET_STD, BenchSpec, build_problem
 
 
 class BNFeatureHook:
@@ -94,7 +94,7 @@ class NaiveSetup:
     """Official model layout: a logit model + BN models with hooks (teachers[0] duplicated)."""
 
     def __init__(self, archs, res, batch, device="cpu", seed=0):
-        p = build_problem(list(archs), res, batch, device, seed=seed)
+        p = build_problem(BenchSpec(list(archs), res, batch, device, seed=seed))
         self.problem = p
         self.res = res
         self.logit_model = copy.deepcopy(p.models[p.names[0]])  # the official duplicate

@@ -61,7 +61,8 @@ def child(args: argparse.Namespace) -> None:
     from prism_hpc.relabel.offline import write_relabel_chunk
     from prism_hpc.store.distilled import DistilledSet
     from prism_hpc.store.softlabels import chunk_marker, chunk_path
-    from prism_hpc.train import trainer
+    from prism_hpc.train import loop, trainer
+    from prism_hpc.workflow import TaskEnv
 
     overrides = json.loads(args.overrides)
     cfg_dict = base_config(args.res, args.images, args.epochs)
@@ -93,14 +94,14 @@ def child(args: argparse.Namespace) -> None:
         def batches(self, **_):
             return iter(())
 
-    trainer.save_checkpoint = lambda path, state: None  # time steps, not checkpoint writes
+    loop.checkpoint = lambda *a: None  # time steps, not checkpoint writes
     stamps: list[float] = []
     cpu: list[float] = []  # this process's CPU time: robust to other load on a shared machine
     out = Path(tempfile.mkdtemp(prefix="train-speed-"))
-    m = trainer.train_student(cfg, run_dir, args.arch, 0, out, device=args.device,
-                              log=lambda s: None, eval_data=NoEval(),
-                              progress=lambda info: (stamps.append(time.perf_counter()),
-                                                     cpu.append(time.process_time())))  # fmt: skip
+    env = TaskEnv(run_dir, device=torch.device(args.device), log=lambda s: None,
+                  progress=lambda info: (stamps.append(time.perf_counter()),
+                                         cpu.append(time.process_time())))  # fmt: skip
+    m = trainer.train_student(cfg, env, args.arch, 0, out, loop.TrainHooks(eval_data=NoEval()))
     timed = stamps[-1] - stamps[0]
     print(json.dumps({"images_per_s": (len(stamps) - 1) * args.images / timed,
                       "images_per_cpu_s": (len(cpu) - 1) * args.images / (cpu[-1] - cpu[0]),

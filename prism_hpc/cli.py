@@ -36,15 +36,9 @@ def _registry():
 
 
 def _prepare(config: Path, overrides: list[str] | None, require_data: bool):
-    from prism_hpc.config.load import load_config
-    from prism_hpc.stages.preflight import preflight
+    from prism_hpc.submission import prepare
 
-    cfg, raw = load_config(config, overrides or [])
-    try:
-        warnings = preflight(cfg, require_data=require_data)
-    except UserError as err:
-        raise UserError(f"{config}: {err}") from None  # name the file for every bad input
-    return cfg, raw, warnings
+    return prepare(config, overrides or [], require_data)
 
 
 @app.command()
@@ -69,57 +63,19 @@ def submit(
     stages: Annotated[
         str | None, typer.Option(help="Comma-separated subset of stages to run (default: all).")
     ] = None,
+    no_canary: Annotated[
+        bool,
+        typer.Option("--no-canary", help="SLURM: submit the arrays without a canary job first."),
+    ] = False,
 ) -> None:
-    """Run (local) or submit (SLURM) every stage of an experiment."""
-    from prism_hpc.hpc.backends import resolve_backend
-    from prism_hpc.hpc.launch import launch
-    from prism_hpc.store.atomic import remove_stale_tmp
-    from prism_hpc.store.rundir import RunLock, new_run_dir, open_run_dir
+    """Run (local) or submit (SLURM) every stage of an experiment. On SLURM a short canary job
+    per resource shape runs first (doctor + every stage at a minimal budget) and the arrays
+    wait on it; the local backend runs no canary (its first item fails in the foreground)."""
+    from prism_hpc.submission import SubmitRequest, submit_run
 
-    registry = _registry()
-    only = [s for s in stages.split(",") if s] if stages else None
-    registry.select(only)  # a bad --stages fails before anything is made
-    if resume is not None:
-        stored = open_run_dir(resume)
-        source = config if config is not None else stored.config
-        cfg, raw, _ = _prepare(source, set_, require_data=False)
-        chosen = resolve_backend(backend or cfg.backend)
-        rd = open_run_dir(resume, cfg)
-        lock = RunLock(rd).acquire()
-        stale = remove_stale_tmp(rd.root)
-        if stale:
-            typer.echo(f"removed {len(stale)} temp file(s) of killed writers")
-    else:
-        if config is None:
-            raise UserError("submit: give a CONFIG file (or --resume RUN_DIR)")
-        cfg, raw, warnings = _prepare(config, set_, require_data=True)
-        for w in warnings:
-            typer.echo(f"warning: {w}", err=True)
-        chosen = resolve_backend(backend or cfg.backend)  # fails before the run dir exists
-        from prism_hpc.data.listing import read_listing
-        from prism_hpc.data.sources import write_data_index
-        from prism_hpc.stages.preflight import check_images
-
-        indexed: list[Path] = []
-
-        def index_data(staged) -> None:  # listed once, inside the run being built
-            written = write_data_index(cfg.data, staged.root)
-            indexed.extend(p.relative_to(staged.root) for p in written)
-            for listed in map(read_listing, written):
-                if listed.skipped:
-                    typer.echo(f"data: {listed.skipped} hidden or non-image entr(ies) skipped "
-                               f"in {listed.folder}")  # fmt: skip
-            check_images(cfg, staged.root)  # broken JPEGs named now, not in task 37
-
-        rd = new_run_dir(cfg, run_dir, raw, build=index_data)
-        lock = RunLock(rd).acquire()
-        for rel in indexed:
-            typer.echo(f"data index: {rd.root / rel}")
-    typer.echo(f"run dir: {rd.root}")
-    try:
-        launch(rd, cfg, chosen, registry, only=only)
-    finally:
-        lock.release()
+    only = tuple(s for s in stages.split(",") if s) if stages else None
+    req = SubmitRequest(config, tuple(set_ or ()), backend, run_dir, resume, only, not no_canary)
+    submit_run(req, _registry(), typer.echo, lambda line: typer.echo(line, err=True))
 
 
 @app.command()
@@ -150,9 +106,16 @@ def status(
         bool, typer.Option(help="Refresh every 30 s until all stages finish.")
     ] = False,
 ) -> None:
-    """Per stage: items done / running / pending / failed (markers first, then one sacct call)."""
+    """Per stage: items done / running / pending / failed (markers first, then one sacct call).
+    For a sweep folder: per point, items done over all its stages."""
     from prism_hpc.hpc.status import print_status
+    from prism_hpc.sweep.run import is_sweep
 
+    if is_sweep(run):
+        from prism_hpc.cli_sweep import print_sweep_status
+
+        print_sweep_status(run, as_json)
+        return
     print_status(run, _registry(), as_json=as_json, watch=watch)
 
 
@@ -196,13 +159,18 @@ def report(
         Path | None, typer.Option(help="Output folder (default: the first run).")
     ] = None,
 ) -> None:
-    """Markdown report with accuracy/ablation tables, diversity and figures."""
+    """Markdown report with accuracy/ablation tables, diversity and figures. A sweep folder
+    stands for its points' runs (the report goes into the sweep folder)."""
     from prism_hpc.metrics.report import write_report
     from prism_hpc.store.rundir import open_run_dir
+    from prism_hpc.sweep.run import is_sweep, point_runs
 
-    for r in runs:
+    expanded = [p for r in runs for p in (point_runs(r) if is_sweep(r) else [r])]
+    if not expanded:
+        raise UserError(f"{runs[0]}: the sweep has no run yet (prism-hpc sweep SPEC)")
+    for r in expanded:
         open_run_dir(r)
-    path = write_report(list(runs), out or runs[0])
+    path = write_report(expanded, out or runs[0])
     typer.echo(f"wrote {path}")
 
 
@@ -236,15 +204,19 @@ def resubmit(
         bool,
         typer.Option("--failed/--all", help="Only items without a valid marker (the default)."),
     ] = True,
+    no_canary: Annotated[
+        bool, typer.Option("--no-canary", help="Submit the arrays without a canary job first.")
+    ] = False,
 ) -> None:
-    """Submit new arrays for incomplete items; dependents re-wired, stale dependents cancelled."""
+    """Submit new arrays for incomplete items; dependents re-wired, stale dependents cancelled.
+    A new canary job runs first (on SLURM), unless --no-canary."""
     from prism_hpc.hpc.backends.slurm import resubmit_failed
     from prism_hpc.store.rundir import open_run_dir
 
     if not failed:
         raise UserError("resubmit --all: not supported; finished items are never redone")
     rd = open_run_dir(run)
-    submitted = resubmit_failed(rd, _registry().opened(rd.root))
+    submitted = resubmit_failed(rd, _registry().opened(rd.root), canary=not no_canary)
     if not submitted:
         typer.echo("nothing to resubmit: every item has a valid marker")
 
@@ -310,6 +282,33 @@ def _add_bench() -> None:
 
 
 _add_bench()
+
+
+def _add_doctor() -> None:
+    from prism_hpc.cli_doctor import doctor
+
+    app.command()(doctor)
+
+
+_add_doctor()
+
+
+def _add_tracking() -> None:
+    from prism_hpc.cli_tracking import register
+
+    register(app)
+
+
+_add_tracking()
+
+
+def _add_sweep() -> None:
+    from prism_hpc.cli_sweep import register
+
+    register(app)
+
+
+_add_sweep()
 
 
 def _no_writable_by_others() -> None:

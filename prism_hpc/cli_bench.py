@@ -44,9 +44,8 @@ def recover(
     iters: int = typer.Option(10, min=1, help="Timed iterations (after --warmup)."),
     warmup: int = typer.Option(3, min=0, help="Untimed iterations first."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
-    amp: str = typer.Option("none", help="Older spelling of --precision: none | bf16."),
-    precision: str | None = typer.Option(
-        None, help="fp32 | bf16 | fp16 (autocast; BN statistics/loss, CE, Adam in fp32)."
+    precision: str = typer.Option(
+        "fp32", help="fp32 | bf16 | fp16 (autocast; BN statistics/loss, CE, Adam in fp32)."
     ),
     pack: int = typer.Option(1, min=1, help="Chunks of --batch images optimised at once."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile each teacher."),
@@ -68,11 +67,10 @@ def recover(
     student_batch: int = typer.Option(50, min=1, help="--calibrate: student batch size."),
 ) -> None:
     """Median ms per recovery iteration, throughput, FLOP/s and peak memory of one step."""
-    from prism_hpc.recover.bench import bench_recover
+    from prism_hpc.recover.bench import BenchSpec, bench_recover
 
     for bad, message in (
-        (amp not in ("none", "bf16"), "--amp must be none or bf16"),
-        (precision not in (None, "fp32", "bf16", "fp16"), "--precision must be fp32, bf16 or fp16"),
+        (precision not in ("fp32", "bf16", "fp16"), "--precision must be fp32, bf16 or fp16"),
         (memory not in ("joint", "sequential"), "--memory must be joint or sequential"),
     ):
         if bad:  # one line and exit 2 (prism-hpc's main), not a traceback
@@ -80,17 +78,15 @@ def recover(
     archs = [t.strip() for t in teachers.split(",") if t.strip()]
     if not archs:
         raise typer.BadParameter("--teachers needs at least one architecture")
+    spec = BenchSpec(archs, res, batch, device=device, memory=memory, precision=precision,
+                     pack=pack, compile=compile, threads=threads)  # fmt: skip
     try:
-        r = bench_recover(
-            archs, res, batch, iters, device=device, amp=amp, compile=compile, memory=memory,
-            warmup=warmup, threads=threads, measure_memory=not no_memory,
-            precision=precision, pack=pack,
-        )  # fmt: skip
+        r = bench_recover(spec, iters, warmup=warmup, measure_memory=not no_memory)
     except (RuntimeError, ValueError) as err:
         raise UserError(str(err)) from None
     if calibrate:
-        r["calibration"] = _calibrate(r, archs, res, batch, threads, calibration, gpu,
-                                      student, student_width, student_batch)  # fmt: skip
+        student_spec = (student, student_width, student_batch)
+        r["calibration"] = _calibrate(r, spec, calibration, gpu, student_spec)
     if as_json:
         typer.echo(json.dumps(r))
         return
@@ -112,18 +108,20 @@ def recover(
 
 
 def _calibrate(
-    r: dict, archs: list[str], res: int, batch: int, threads: int | None, path: str | None,
-    gpu: str | None, student: str, student_width: float, student_batch: int,
-) -> dict:  # fmt: skip
+    r: dict, spec, path: str | None, gpu: str | None, student_spec: tuple[str, float, int]
+) -> dict:
     """FLOP/s of the timed recovery step (counted the way `plan` counts: `models.flops`), of a
     student training step and of a no-grad forward, written per kind to the calibration file."""
     from pathlib import Path
 
-    from prism_hpc.cost.calibration import write_entry
+    from prism_hpc.cost.calibration import Measured, write_entry
     from prism_hpc.cost.devices import guess_device
     from prism_hpc.errors import UserError
-    from prism_hpc.models.flops import arch_cost, measure_step_flops
+    from prism_hpc.models.flops import ModelSpec, arch_cost, measure_step_flops
     from prism_hpc.recover.bench import num_classes_for
+
+    archs, res, batch, threads = list(spec.teachers), spec.res, spec.batch, spec.threads
+    student, student_width, student_batch = student_spec
 
     cpu = r["device_name"] == "cpu"
     name = "cpu" if cpu else (gpu or guess_device(r["device_name"]))
@@ -137,15 +135,15 @@ def _calibrate(
     rates = {"recover": per_iter / (r["ms_per_iter"] / 1e3)}
     setup = f", {used or '?'} thread(s)" if cpu else ""
     for kind in ("train", "infer"):
-        m = measure_step_flops(student, res, 3, nc, student_batch, kind, device=r["device"],
-                               threads=threads, width=student_width)  # fmt: skip
+        m = measure_step_flops(ModelSpec(student, res, 3, nc, student_width), student_batch,
+                               kind, device=r["device"], threads=threads)  # fmt: skip
         rates[kind] = m["flop_per_s"]
     target = Path(path) if path else None
     for kind, rate in rates.items():
         what = (f"{','.join(archs)}, res {res}, batch {batch}" if kind == "recover" else
                 f"{student} x{student_width:g}, res {res}, batch {student_batch}")  # fmt: skip
-        target = write_entry(name, kind, rate, used if cpu else None, f"{what}{setup}",
-                             target, precision)  # fmt: skip
+        measured = Measured(rate, used if cpu else None, f"{what}{setup}", precision)
+        target = write_entry(name, kind, measured, target)
     typer.echo(f"calibration: {name} " + ", ".join(
         f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in rates.items()) + f" -> {target}", err=True)
     return {"device": name, "file": str(target), **{k: v for k, v in rates.items()}}
@@ -172,11 +170,11 @@ def calibrate_config(
     from pathlib import Path
 
     from prism_hpc.config.load import load_config
-    from prism_hpc.cost.calibration import write_entry
+    from prism_hpc.cost.calibration import Measured, write_entry
     from prism_hpc.cost.devices import guess_device
     from prism_hpc.data.sources import num_classes_of
     from prism_hpc.errors import UserError
-    from prism_hpc.models.flops import arch_key, measure_step_flops
+    from prism_hpc.models.flops import ModelSpec, arch_key, measure_step_flops
 
     cfg, _ = load_config(Path(config), set_ or [])
     d = cfg.data
@@ -203,16 +201,16 @@ def calibrate_config(
     for kind, (archs, batch, threads) in plan.items():
         rates = {}
         for arch, width in sorted(archs):
-            m = measure_step_flops(arch, d.resolution, d.channels, nc, batch, kind, steps=steps,
-                                   warmup=1, device=device, threads=threads if cpu else None,
-                                   width=width)  # fmt: skip
+            m = measure_step_flops(ModelSpec(arch, d.resolution, d.channels, nc, width), batch,
+                                   kind, steps=steps, warmup=1, device=device,
+                                   threads=threads if cpu else None)  # fmt: skip
             rates[arch_key(arch, d.resolution, d.channels, nc, width)] = m["flop_per_s_fastest"]
             typer.echo(f"{kind:8s} {arch} x{width:g}: {m['fastest_s'] * 1e3:.1f} ms/step "
                        f"(median {m['seconds'] * 1e3:.1f}), {m['flop_per_s_fastest'] / 1e9:.1f} "
                        "GFLOP/s")  # fmt: skip
-        target = write_entry(
-            name, kind, 0.0, threads if cpu else None,
-            f"{cfg.name}: batch {batch}, {d.resolution} px" + (f", {threads} thread(s)" if cpu else ""),
-            target, "fp32", archs=rates,
-        )  # fmt: skip
+        setup = f"{cfg.name}: batch {batch}, {d.resolution} px" + (
+            f", {threads} thread(s)" if cpu else ""
+        )
+        measured = Measured(0.0, threads if cpu else None, setup, "fp32", archs=rates)
+        target = write_entry(name, kind, measured, target)
     typer.echo(f"wrote {target} ({name})")

@@ -12,12 +12,14 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prism_hpc.config.schema import Config
+from prism_hpc.config.schema import Config, StageResources
 from prism_hpc.errors import UserError
 
 
@@ -72,11 +74,23 @@ class Stage:
     """Base class: subclasses set `name`/`depends_on` and implement `items` and `run`.
 
     `run` must be idempotent and end by writing the item's marker (only rank 0 writes).
+
+    A stage also declares its own scheduling policy (the attributes and the `outputs` /
+    `progress` methods below), so that the cluster layer runs any pipeline without naming a
+    stage: it asks the stage instead.
     """
 
     name: str = ""
     depends_on: tuple[str, ...] = ()
     distributed: bool = False  # True: all ranks of a task call `run` (torch.distributed)
+    # a gate that must run when some upstream tasks failed, to say which (SLURM: afterany)
+    runs_after_failed_dependencies: bool = False
+    # its tasks save restart state often enough to be stopped and requeued before the limit
+    checkpointable: bool = False
+    # rendered once more as `eval_array.sbatch`, for plain-sbatch users (one per pipeline)
+    serves_eval_array: bool = False
+    # its outputs are what the pipeline is for: listed before every other stage's
+    primary_output: bool = False
 
     def items(self, cfg: Config) -> list[Item]:
         raise NotImplementedError
@@ -116,8 +130,73 @@ class Stage:
         return []
 
     def estimate(self, cfg: Config) -> dict[str, Any]:
-        """Rough compute/storage numbers for `plan` (keys: gpu_hours, storage_gb, note)."""
+        """Rough compute/storage numbers for `plan` (keys: gpu_hours, storage_gb, note). How
+        many tasks run at once and with how many threads is the executor's to say: ask
+        `capacity()`, never the backend's name."""
         return {}
+
+    def outputs(self, run_dir: Path) -> list[tuple[str, Path]]:
+        """(label, path) of what a finished run offers a user from this stage; the local
+        backends print those that exist after running."""
+        return []
+
+    def progress(self, run_dir: Path) -> dict[str, Any]:
+        """Fields added to this stage's `status` row while it runs, read from small files its
+        items write (no torch: `status` runs on login nodes); {} when there is nothing."""
+        return {}
+
+    def progress_lines(self, fields: dict[str, Any]) -> list[str]:
+        """The lines `status` prints under its table for this stage's row."""
+        return []
+
+
+class Capacity:
+    """What a cost estimate needs to know about where a stage's tasks run: how many run at
+    once and how many CPU threads each gets. Executors (`prism_hpc.hpc`) are capacities;
+    this base, the one used when no executor is planning, runs one task at a time on one
+    thread (how a stage's cost reads on its own, e.g. in a test)."""
+
+    name: str = ""
+
+    def slots(self, res: StageResources, n_tasks: int) -> int:
+        """Tasks of a stage with resources `res` (and `n_tasks` tasks) that run at once."""
+        return 1
+
+    def threads(self, res: StageResources) -> int:
+        """Intra-op CPU threads one task of such a stage gets."""
+        return 1
+
+
+_CAPACITY: ContextVar[Capacity | None] = ContextVar("prism_hpc_capacity", default=None)
+
+
+@contextmanager
+def estimating(capacity: Capacity | None) -> Iterator[None]:
+    """Estimates made inside price the tasks on `capacity` (what `capacity()` returns): a
+    context rather than an argument, so that every `Stage.estimate(cfg)` keeps one signature."""
+    token = _CAPACITY.set(capacity)
+    try:
+        yield
+    finally:
+        _CAPACITY.reset(token)
+
+
+def capacity() -> Capacity:
+    """The capacity estimates are being made for (see `estimating`)."""
+    return _CAPACITY.get() or Capacity()
+
+
+def array_item(plan_path: Path, stage: str, chunk: int, array_index: int) -> int:
+    """Array task `array_index` of array `chunk` of `stage` -> item index, from `plan.json`
+    (the one lookup: SLURM array indices never map to items by arithmetic). It lives here,
+    low in the layers, because task entry points of every layer (the cluster layer's task
+    runner, the students' evaluation array) need it."""
+    try:
+        entries = json.loads(Path(plan_path).read_text())
+        entry = next(e for e in entries if e.get("stage") == stage)
+        return int(entry["arrays"][chunk][array_index])
+    except (OSError, ValueError, StopIteration, KeyError, IndexError, TypeError, AttributeError):
+        raise UserError(f"{plan_path}: no {stage} array {chunk} task {array_index}") from None
 
 
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -133,6 +212,9 @@ class StageRegistry:
     # called once per process with the run directory before items are asked for (PRISM's
     # reads the run's data index, so no task or status call walks the data folder)
     open_run: Callable[[Path], None] | None = None
+    # "package.module:function" of the canary check, called on a compute node with (run dir,
+    # scratch folder) before the arrays (hpc/canary.py); None: the pipeline has none
+    canary: str | None = None
 
     def opened(self, run_dir: Path) -> StageRegistry:
         if self.open_run is not None:
@@ -148,6 +230,12 @@ class StageRegistry:
             if stage.name == name:
                 return stage
         raise UserError(f"unknown stage '{name}' (stages: {self.names})")
+
+    def outputs(self, run_dir: Path) -> list[tuple[str, Path]]:
+        """Every stage's outputs: the primary ones first, then in pipeline order."""
+        first = [s for s in self.stages if s.primary_output]
+        rest = [s for s in self.stages if not s.primary_output]
+        return [out for s in first + rest for out in s.outputs(Path(run_dir))]
 
     def select(self, names: Sequence[str] | None) -> list[Stage]:
         """The named stages in pipeline order (all when `names` is empty)."""

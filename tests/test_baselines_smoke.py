@@ -17,8 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, TINY, write_yaml
-from tests.test_cli import run_cli
-from tests.test_export import _imagefolder_matches_h5
+from tests.helpers import imagefolder_matches_h5, run_cli
 
 CONFIGS = sorted((REPO / "configs" / "baselines").glob("fmnist_*.yaml"))
 IPC = 2
@@ -140,4 +139,4 @@ def test_every_method_runs_end_to_end(config, tmp_path, tiny_teachers):
     out = tmp_path / "export"
     exported = run_cli("export", run, out)
     assert exported.returncode == 0, exported.stderr
-    assert len(_imagefolder_matches_h5(run, out)) == IPC * 10
+    assert len(imagefolder_matches_h5(run, out)) == IPC * 10

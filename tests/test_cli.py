@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,14 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_yaml
-
-CLI = [sys.executable, "-m", "prism_hpc.cli"]
-
-
-def run_cli(*args, cwd=None, timeout=600):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, env=env, check=False)  # fmt: skip
+from tests.helpers import run_cli
 
 
 def _bad(cfg: dict, mutate) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from prism_hpc.config.load import config_from_dict, dump_config, load_config, parse_overrides
@@ -89,3 +91,56 @@ def test_resources_inherit_default(tiny_cfg):
     rec, train = res.for_stage("recover"), res.for_stage("train")
     assert (rec.partition, rec.time_min, rec.gpus_per_node) == ("gpu", 90, 4)
     assert (train.partition, train.time_min, train.gpus_per_node) == ("gpu", 30, 0)
+
+
+def _rded(tiny_cfg: dict, **recover) -> dict:
+    tiny_cfg["recover"] = {"synthesis": "rded", "ipc": 2, "logit_teacher": "resnet18", **recover}
+    return tiny_cfg
+
+
+def test_synthesis_picks_the_recover_model_and_defaults_to_optimize(tiny_cfg):
+    from prism_hpc.config.schema import OptimizeRecover, RdedRecover
+
+    assert isinstance(config_from_dict(copy.deepcopy(tiny_cfg)).recover, OptimizeRecover)
+    rded = config_from_dict(_rded(copy.deepcopy(tiny_cfg))).recover
+    assert isinstance(rded, RdedRecover) and rded.teacher_names() == ["resnet18"]
+    assert rded.iterations_for(3) == 0 and rded.ranker_name() is None and rded.init == "real"
+    tiny_cfg["recover"]["synthesis"] = "foo"
+    with pytest.raises(UserError) as err:
+        config_from_dict(tiny_cfg, "x.yaml")
+    assert str(err.value) == "x.yaml: recover.synthesis = 'foo': expected one of 'optimize', 'rded'"
+
+
+@pytest.mark.parametrize(
+    "key,value", [("pack", 2), ("iterations", 10), ("bn_pool", []), ("preset", "official")]
+)
+def test_an_optimisation_key_in_an_rded_section_is_an_unknown_key(tiny_cfg, key, value):
+    with pytest.raises(UserError) as err:
+        config_from_dict(_rded(tiny_cfg, **{key: value}), "x.yaml")
+    assert str(err.value) == (
+        f"x.yaml: unknown key 'recover.{key}' (recover.synthesis rded has no such key; check "
+        "the spelling; see README 'Config reference')"
+    )
+
+
+def test_errors_inside_a_recover_member_name_the_users_key_path(tiny_cfg):
+    with pytest.raises(UserError) as err:
+        config_from_dict(_rded(copy.deepcopy(tiny_cfg), rded={"factor": 9}), "x.yaml")
+    assert str(err.value) == (
+        "x.yaml: recover.rded.factor = 9: Input should be less than or equal to 8"
+    )
+    with pytest.raises(UserError, match=r"^x.yaml: recover.ipc = 'all': synthesis rded needs"):
+        config_from_dict(_rded(copy.deepcopy(tiny_cfg), ipc="all"), "x.yaml")
+    tiny_cfg["recover"]["bn_always"] = ["resnet18", "resnet18"]
+    with pytest.raises(UserError) as err:
+        config_from_dict(tiny_cfg, "x.yaml")
+    assert str(err.value) == "x.yaml: recover.bn_always lists 'resnet18' twice"
+
+
+def test_rded_config_dumps_and_reloads_without_optimisation_keys(tiny_cfg):
+    import yaml
+
+    cfg = config_from_dict(_rded(tiny_cfg))
+    dumped = yaml.safe_load(dump_config(cfg))["recover"]
+    assert dumped["synthesis"] == "rded" and "iterations" not in dumped and "bn_pool" not in dumped
+    assert dump_config(config_from_dict(yaml.safe_load(dump_config(cfg)))) == dump_config(cfg)

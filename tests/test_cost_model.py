@@ -17,7 +17,14 @@ from prism_hpc.config.load import load_config
 from prism_hpc.config.schema import DEVICE_NAMES, StageResources
 from prism_hpc.cost import calibration
 from prism_hpc.cost.devices import DEVICES, device, guess_device
-from prism_hpc.cost.model import Pricing, Work, makespan, summarise, time_limit_min
+from prism_hpc.cost.model import (
+    Pricing,
+    TaskLayout,
+    Work,
+    makespan,
+    summarise,
+    time_limit_min,
+)
 from prism_hpc.errors import UserError
 from prism_hpc.stages import costing
 from prism_hpc.stages.pipeline import registry
@@ -119,27 +126,36 @@ def test_makespan_and_time_limit():
 
 def test_summarise_hours_and_time_limit_warnings():
     p = Pricing(device("h100"), "recover")
-    ok = summarise("recover", [1800.0] * 4, p, gpus_per_task=2, slots=2, time_min=60)
+    ok = summarise("recover", [1800.0] * 4, p, TaskLayout(gpus_per_task=2, slots=2, time_min=60))
     assert ok["gpu_hours"] == 2 * 4 * 0.5 and ok["wall_hours"] == 1.0
     assert ok["time_limit_min"] == math.ceil(1.25 * 30 + 10) and ok["warnings"] == []
-    short = summarise("recover", [1800.0], p, 1, 1, time_min=20)
+    short = summarise("recover", [1800.0], p, TaskLayout(1, 1, time_min=20))
     assert "would be killed" in short["warnings"][0] and "time_min to ~48" in short["warnings"][0]
-    long = summarise("recover", [1800.0], p, 1, 1, time_min=600)
+    long = summarise("recover", [1800.0], p, TaskLayout(1, 1, time_min=600))
     assert "far above the ~48 min" in long["warnings"][0]
-    big = summarise("train", [60.0], Pricing(device("rtx4090"), "train"), 1, 1, 60, peak_mem_gb=30)
+    big = summarise("train", [60.0], Pricing(device("rtx4090"), "train"), TaskLayout(1, 1, 60),
+                    peak_mem_gb=30)
     assert "exceeds the rtx4090's 24 GB" in big["warnings"][0]
 
 
 def test_parallel_tasks_per_backend():
+    from prism_hpc.hpc.executor import executor_class
+    from prism_hpc.workflow import estimating
+
+    def slots(cfg, res, n_tasks):  # the executor's slot logic, which the estimates ask
+        return executor_class(cfg.backend)().slots(res, n_tasks)
+
     cfg = _cfg(IN1K, "backend=slurm", "resources.recover.array_parallelism=100",
                "resources.recover.max_array_size=1000")  # fmt: skip
     res = cfg.resources.for_stage("recover")
-    assert costing.slots(cfg, res, 2500) == 300  # three arrays, %100 each
-    assert costing.slots(cfg, res, 50) == 50
+    assert slots(cfg, res, 2500) == 300  # three arrays, %100 each
+    assert slots(cfg, res, 50) == 50
     cfg = _cfg(IN1K, "backend=debug")
-    assert costing.slots(cfg, cfg.resources.for_stage("recover"), 50) == 1
-    est = costing.recover_cost(_cfg(IN1K, "backend=slurm", "resources.recover.array_parallelism=5"),
-                               {s: 1000 for s in range(50)}, 7.5)  # fmt: skip
+    assert slots(cfg, cfg.resources.for_stage("recover"), 50) == 1
+    with estimating(executor_class("slurm")()):
+        est = costing.recover_cost(_cfg(IN1K, "backend=slurm",
+                                        "resources.recover.array_parallelism=5"),
+                                   {s: 1000 for s in range(50)}, 7.5)  # fmt: skip
     assert est["parallel_tasks"] == 5
     total = est["gpu_hours"]  # one GPU per task: GPU-hours = task-hours
     assert total / 5 <= est["wall_hours"] <= total / 5 + est["task_hours_max"]  # list scheduling
@@ -196,8 +212,9 @@ def test_train_work_by_hand():
 
 def test_calibration_file_round_trip_and_errors(tmp_path):
     path = tmp_path / "cal.json"
-    calibration.write_entry("cpu", "train", 5e10, 1, "resnet18", path)
-    calibration.write_entry("cpu", "recover", 0.0, 1, "cfg", path, archs={"k": 3e10})
+    calibration.write_entry("cpu", "train", calibration.Measured(5e10, 1, "resnet18"), path)
+    per_arch = calibration.Measured(0.0, 1, "cfg", archs={"k": 3e10})
+    calibration.write_entry("cpu", "recover", per_arch, path)
     entries = calibration.read_calibration(path)
     assert entries["cpu"]["train"]["flop_per_s"] == 5e10
     assert entries["cpu"]["recover"]["flop_per_s"] is None
@@ -207,7 +224,7 @@ def test_calibration_file_round_trip_and_errors(tmp_path):
     with pytest.raises(UserError, match="calibration file .*cal.json"):
         calibration.read_calibration(path)
     with pytest.raises(UserError, match="calibration kind"):
-        calibration.write_entry("cpu", "eval", 1.0, 1, "", tmp_path / "x.json")
+        calibration.write_entry("cpu", "eval", calibration.Measured(1.0, 1, ""), tmp_path / "x")
 
 
 def test_plan_uses_the_calibration_and_says_so(tmp_path, monkeypatch):
@@ -215,8 +232,9 @@ def test_plan_uses_the_calibration_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("PRISM_HPC_CALIBRATION", str(cal))
     cfg = _cfg(REPO / "configs" / "fmnist_demo.yaml", "backend=local")
     table = costing.train_cost(cfg, 100)
-    calibration.write_entry("cpu", "train", 1e9, 1, "slow machine", cal)
-    calibration.write_entry("cpu", "infer", 1e9, 1, "slow machine", cal)
+    slow = calibration.Measured(1e9, 1, "slow machine")
+    calibration.write_entry("cpu", "train", slow, cal)
+    calibration.write_entry("cpu", "infer", slow, cal)
     costing._calibration.cache_clear()
     slow = costing.train_cost(cfg, 100)
     assert table["throughput"] == "table" and slow["throughput"].startswith("calibrated")

@@ -9,6 +9,7 @@ from PIL import Image
 
 from prism_hpc.errors import UserError
 from prism_hpc.store.export import export_imagefolder
+from tests.helpers import imagefolder_matches_h5
 
 
 def _distilled(run_dir, channels, num_classes=3, ipc=2, size=6, seed=0):
@@ -90,30 +91,6 @@ def test_exports_a_collected_virtual_dataset(tmp_path):
             np.testing.assert_array_equal(np.asarray(png), img.transpose(1, 2, 0))
 
 
-def _imagefolder_matches_h5(run_dir, out):
-    """Load `out` as DD-Ranking does (`torchvision.datasets.ImageFolder(root=image_path)`) and
-    compare every sample's class index and pixels with distilled.h5. Returns the dataset."""
-    from torchvision.datasets import ImageFolder
-
-    with h5py.File(run_dir / "distilled.h5", "r") as f:
-        images, labels, ipc = f["images"][:], f["labels"][:], f["ipc_index"][:]
-    ds = ImageFolder(str(out))
-    n = int(labels.max()) + 1
-    assert ds.classes == sorted(ds.classes) and len(ds.classes) == n
-    assert [ds.class_to_idx[name] for name in ds.classes] == list(range(n))
-    # class-major, IPC index ascending: the order DD-Ranking's tensor input and hard labels
-    # (`[c] * ipc for c in range(num_classes)`) assume
-    order = np.lexsort((ipc, labels))
-    assert len(ds) == len(order)
-    for k, row in enumerate(order):
-        pil, target = ds[k]
-        assert target == labels[row]
-        img = images[row]
-        rgb = np.repeat(img, 3, axis=0) if img.shape[0] == 1 else img  # the loader makes RGB
-        np.testing.assert_array_equal(np.asarray(pil).transpose(2, 0, 1), rgb)
-    return ds
-
-
 @pytest.mark.parametrize("channels", [1, 3])
 def test_imagefolder_of_120_classes_has_class_index_equal_to_label(tmp_path, channels):
     """> 100 classes: an unpadded (`new100` < `new11`) or mixed-width scheme would renumber
@@ -121,7 +98,7 @@ def test_imagefolder_of_120_classes_has_class_index_equal_to_label(tmp_path, cha
     _distilled(tmp_path / "run", channels, num_classes=120, ipc=2, size=4, seed=3)
     out = tmp_path / "export"
     assert export_imagefolder(tmp_path / "run", out) == 240
-    ds = _imagefolder_matches_h5(tmp_path / "run", out)
+    ds = imagefolder_matches_h5(tmp_path / "run", out)
     assert ds.classes[:3] == ["new000", "new001", "new002"] and ds.classes[-1] == "new119"
     assert sorted(p.name for p in (out / "new100").iterdir()) == [
         "class100_id000.png", "class100_id001.png"]  # fmt: skip

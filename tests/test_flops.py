@@ -9,7 +9,7 @@ import pytest
 
 from prism_hpc.errors import UserError
 from prism_hpc.models import flops
-from prism_hpc.models.flops import arch_cost, arch_key, measure_step_flops
+from prism_hpc.models.flops import ModelSpec, arch_cost, arch_key, measure_step_flops
 
 # torchvision's model docs list "GFLOPS" per model at 224 px, 1000 classes; they count
 # multiply-accumulates, the counter counts 2 FLOPs per MAC.
@@ -77,7 +77,7 @@ def test_unknown_architecture_is_a_user_error():
 
 @pytest.mark.parametrize("kind", ["train", "infer", "recover"])
 def test_measure_step_flops_reports_the_counted_work(kind):
-    m = measure_step_flops("resnet18", 16, 1, 10, 4, kind, steps=1, warmup=0, width=0.25)
+    m = measure_step_flops(ModelSpec("resnet18", 16, 1, 10, 0.25), 4, kind, steps=1, warmup=0)
     c = arch_cost("resnet18", 16, 1, 10, 0.25)
     per = {"train": c.train_flops, "infer": c.fwd_flops, "recover": c.recover_flops}[kind]
     assert m["flops"] == 4 * per

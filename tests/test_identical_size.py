@@ -13,7 +13,7 @@ import pytest
 
 from prism_hpc.store.distilled import DistilledSet
 from tests.conftest import write_yaml
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 GENERATOR = Path(__file__).parent.parent / "benchmarks" / "in1k_rehearsal" / "make_fake_imagenet.py"
 

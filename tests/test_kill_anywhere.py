@@ -23,11 +23,18 @@ AIMED = ("squeeze", "recover", "train")
 
 @pytest.fixture(scope="module")
 def ka():
+    """run.py (its `main`); loading it puts its `ka_driver` package on sys.path."""
     spec = importlib.util.spec_from_file_location("kill_anywhere_driver", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def driver(ka):
+    """The driver's detectors (`ka_driver`: markers, comparison, the registry's stages)."""
+    return importlib.import_module("ka_driver")
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +67,14 @@ def test_killed_runs_resume_bit_identical(trials):
     assert set(trials["windows"]) == {"squeeze", "recover", "collect", "relabel", "train", "report"}
 
 
-def test_detectors_see_tampering(ka, trials):
+def test_detectors_see_tampering(driver, trials):
     """The checks behind a clean row: a changed soft label, teacher tensor, metric or image is
     named; a deleted marker is lost, a modified output corrupt, a rewritten marker redone."""
     ref = trials["work"] / "reference"
     copy = trials["work"] / "tampered"
     shutil.copytree(ref, copy)
-    assert ka.compare_runs(ref, copy) == []
-    before = ka.snapshot(copy)
+    assert driver.compare_runs(ref, copy) == []
+    before = driver.snapshot(copy)
     assert "recover/slice_00001.done" in before
     assert before["recover/slice_00001.done"]["files"].keys() == {"recover/slice_00001.h5"}
 
@@ -93,24 +100,47 @@ def test_detectors_see_tampering(ka, trials):
     marker.unlink()
     marker.write_text(json.dumps(payload))  # without ids: a new marker file is a redo
 
-    diffs = ka.compare_runs(ref, copy)
+    diffs = driver.compare_runs(ref, copy)
     rel = relabel.relative_to(copy)
     assert f"{rel}:epoch_0000/logits" in diffs
     assert "teachers/resnet18.pt:conv1.weight" in diffs
     assert f"{metrics.relative_to(copy)}:final" in diffs
     assert "distilled.h5:images" in diffs
     assert "missing marker recover/slice_00002.done" in diffs
-    checked = ka.check_finished(before, ka.snapshot(copy))
+    checked = driver.check_finished(before, driver.snapshot(copy))
     assert "recover/slice_00002.done" in checked["lost"]
     assert "recover/slice_00001.done: recover/slice_00001.h5" in checked["corrupt"]
     assert "teachers/shufflenet.done" in checked["redone"]
     assert "teachers/resnet18.done: teachers/resnet18.pt" in checked["corrupt"]
 
 
-def test_stage_from_markers(ka):
+def test_stage_from_markers(driver):
     counts = {"squeeze": 2, "recover": 3, "collect": 1, "relabel": 3, "train": 1, "report": 1}
-    assert ka.stage_at({}, counts) == "squeeze"
+    assert driver.stage_at({}, counts) == "squeeze"
     done = {"teachers/a.done": 0, "teachers/b.done": 0, "recover/slice_00000.done": 0}
-    assert ka.stage_at(done, counts) == "recover"
-    assert ka.stage_of(Path("students/resnet18/seed0/.done")) == "train"
-    assert ka.stage_of(Path("distilled.done")) == "collect"
+    assert driver.stage_at(done, counts) == "recover"
+    assert driver.stage_of(Path("students/resnet18/seed0/.done")) == "train"
+    assert driver.stage_of(Path("distilled.done")) == "collect"
+
+
+def test_stages_come_from_the_registry(driver):
+    """The pipeline order is the product's, not a copy in the benchmark."""
+    from prism_hpc.stages import registry
+
+    assert driver.pipeline_stages() == tuple(s.name for s in registry().stages)
+    assert {"squeeze", "recover", "collect", "relabel", "train", "report"} <= set(
+        driver.pipeline_stages()
+    )
+
+
+def test_stage_windows_come_from_marker_times(driver):
+    """No log line is read for a number: each window ends at its stage's last marker."""
+    at = 1000.0
+    markers = {
+        "teachers/a.done": {"mtime_ns": int(1002e9)},
+        "teachers/b.done": {"mtime_ns": int(1003e9)},
+        "recover/slice_00000.done": {"mtime_ns": int(1007.5e9)},
+        "distilled.done": {"mtime_ns": int(1008e9)},
+    }
+    assert driver.stage_windows(markers, at) == {
+        "squeeze": (0.0, 3.0), "recover": (3.0, 7.5), "collect": (7.5, 8.0)}  # fmt: skip

@@ -43,7 +43,7 @@ def test_weights_roundtrip_by_name_and_position(tmp_path):
     torch.save({"state_dict": {"module." + k: v for k, v in a.state_dict().items()}},
                tmp_path / "ckpt.pth")  # fmt: skip
     b = load_weights(create_model("resnet18", 10, 1, 32, width=0.25), tmp_path / "ckpt.pth")
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     renamed = {f"t{i}": v for i, v in enumerate(a.state_dict().values())}
     torch.save(renamed, tmp_path / "renamed.pth")
     c = create_model("resnet18", 10, 1, 32, width=0.25)
@@ -60,8 +60,18 @@ class _Evil:
 
 def test_pickled_code_is_refused(tmp_path):
     torch.save({"x": _Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(UserError, match="evil.pt: not a loadable weights file"):
+    with pytest.raises(UserError, match=r"evil.pt is a pickled object \(it needs print\) that "
+                       r"torch.load\(weights_only=True\) refuses; save a state_dict"):
         load_weights(create_model("resnet18", 10, 1, 32, width=0.25), tmp_path / "evil.pt")
+
+
+def test_a_corrupt_checkpoint_is_named_not_explained_by_torch(tmp_path):
+    """A zip that is no checkpoint (cut short, a wrong download) passes the magic-byte check;
+    torch's message is then shown, after saying which file it is."""
+    bad = tmp_path / "cut.pt"
+    bad.write_bytes(b"PK\x03\x04" + b"\0" * 20)
+    with pytest.raises(UserError, match=r"cut.pt is not a loadable torch checkpoint \("):
+        load_weights(create_model("resnet18", 10, 1, 32, width=0.25), bad)
 
 
 def test_freeze_and_bn_order():

@@ -13,7 +13,7 @@ import numpy as np
 
 from prism_hpc.store.atomic import file_sha256
 from tests.conftest import write_yaml
-from tests.test_cli import CLI, run_cli
+from tests.helpers import CLI, run_cli
 
 
 def _images(run):

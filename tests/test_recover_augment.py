@@ -60,7 +60,7 @@ def test_per_sample_crops_and_flips():
     d = augment.draw(cfg, 20, 4, generator(1, "aug"))
     assert len(d.boxes) == 4 and len(d.flips) == 4 and len(set(d.boxes)) > 1
     out = augment.apply(x, d)
-    for i, (box, flip) in enumerate(zip(d.boxes, d.flips)):
+    for i, (box, flip) in enumerate(zip(d.boxes, d.flips, strict=True)):
         ref = TF.resized_crop(x[i : i + 1], *box, [20, 20], antialias=True)
         ref = TF.hflip(ref) if flip else ref
         assert torch.equal(out[i : i + 1], torch.roll(ref, shifts=d.shift, dims=(2, 3)))
@@ -154,18 +154,19 @@ def test_loop_feeds_each_images_own_budget_to_the_curriculum(monkeypatch):
 
     monkeypatch.setattr(loop.augment, "draw", spy)
     zero = torch.zeros(())
-    monkeypatch.setattr(loop, "recovery_loss", lambda x, *a, **k: (None, zero, zero))
+    monkeypatch.setattr(loop, "recovery_loss", lambda part, *a, **k: (None, zero, zero))
     monkeypatch.setattr(loop, "prepare_teachers", lambda t, cfg: t)
-    from prism_hpc.config.schema import RecoverConfig
+    from prism_hpc.config.schema import OptimizeRecover
 
-    cfg = RecoverConfig(iterations=5, iteration_step=0, logit_teacher="r", bn_always=["r"],
+    cfg = OptimizeRecover(iterations=5, iteration_step=0, logit_teacher="r", bn_always=["r"],
                         bn_pool=[], augment=_cda("cosine"))  # fmt: skip
     x0 = torch.zeros(2, 1, 8, 8)
     bounds = (torch.full((1, 1, 1, 1), -1.0), torch.full((1, 1, 1, 1), 1.0))
     from prism_hpc.recover.sampler import Roles
 
-    loop.recover_chunk(x0, torch.arange(2), {}, {}, cfg, 3, bounds, generator(0, "a"),
-                       generator(0, "b"), Roles("r", ("r",)))  # fmt: skip
+    unit = loop.Unit(x0, torch.arange(2), 3, generator(0, "a"), generator(0, "b"),
+                     Roles("r", ("r",)))  # fmt: skip
+    loop.recover_units([unit], {}, {}, cfg, bounds)
     assert seen == [(0, 3), (1, 3), (2, 3)]
 
 

@@ -16,10 +16,12 @@ import torch
 from typer.testing import CliRunner
 
 from prism_hpc.cli_bench import bench_app
+from prism_hpc.config.schema import OptimizeRecover
 from prism_hpc.recover import augment
-from prism_hpc.recover.bench import bench_recover, build_problem
-from prism_hpc.recover.loop import prepare_teachers, recovery_loss
+from prism_hpc.recover.bench import BenchSpec, bench_recover, build_problem
+from prism_hpc.recover.loss import Part, recovery_loss
 from prism_hpc.recover.objective import bn_hooks
+from prism_hpc.recover.precision import prepare_teachers
 
 REPO = Path(__file__).resolve().parent.parent
 FOUR = ["resnet18", "mobilenet_v2", "shufflenet_v2_x0_5", "efficientnet_b0"]
@@ -48,8 +50,8 @@ def test_optimised_objective_equals_official_pattern(naive):
     that is logit and BN teacher, var_mean hooks, channels_last, no priors) equals the official
     one (duplicate logit model, permute+contiguous+var hooks, torchvision crop) in fp32."""
     setup = naive.NaiveSetup(FOUR, res=16, batch=4, seed=3)  # its own models (NCHW)
-    p = build_problem(FOUR, 16, 4, seed=3)  # same weights, separate instances
-    models = prepare_teachers(p.models, p.cfg)  # what recover_chunk runs: channels_last
+    p = build_problem(BenchSpec(FOUR, 16, 4, seed=3))  # same weights, separate instances
+    models = prepare_teachers(p.models, p.cfg)  # what the loop runs: channels_last
     g = torch.Generator().manual_seed(0)
     cfg = p.cfg.model_copy(update={"augment": p.cfg.augment.model_copy(update={"jitter": 4})})
     with bn_hooks(models, cfg.first_bn_multiplier) as hooks, torch.no_grad():
@@ -57,7 +59,7 @@ def test_optimised_objective_equals_official_pattern(naive):
             d = augment.draw(cfg.augment, 16, 4, g)
             ref = naive.naive_objective(setup, setup.problem.x0, setup.problem.targets, d)
             got, ce, bn = recovery_loss(
-                p.x0, p.targets, p.roles, models, hooks, cfg, d, backward=False
+                Part(p.x0, p.targets, p.roles, d), models, hooks, cfg, backward=False
             )
             assert torch.isfinite(got)
             assert abs(got.item() - ref.item()) <= 1e-5 * abs(ref.item()), (got, ref, d)
@@ -69,7 +71,8 @@ def test_optimised_objective_equals_official_pattern(naive):
 def test_bench_problem_sequential_grad_equals_joint(amp):
     """The bench's 4-teacher problem: x.grad from per-teacher backward (augmented batch as a
     leaf, gradient pushed through the augmentation once) equals the joint backward."""
-    p = build_problem(FOUR, 16, 4, seed=1, amp=amp)
+    p = build_problem(BenchSpec(FOUR, 16, 4, precision="bf16" if amp == "bf16" else "fp32",
+                                seed=1))  # fmt: skip
     models = prepare_teachers(p.models, p.cfg)
     d = augment.draw(p.cfg.augment, 16, 4, torch.Generator().manual_seed(5))
     grads, losses = {}, {}
@@ -78,7 +81,7 @@ def test_bench_problem_sequential_grad_equals_joint(amp):
             cfg = p.cfg.model_copy(update={"memory": memory})
             x = p.x0.clone().requires_grad_(True)
             losses[memory], _, _ = recovery_loss(
-                x, p.targets, p.roles, models, hooks, cfg, d, backward=True
+                Part(x, p.targets, p.roles, d), models, hooks, cfg, backward=True
             )
             grads[memory] = x.grad.clone()
     assert torch.isfinite(grads["joint"]).all() and grads["joint"].abs().sum() > 0
@@ -90,22 +93,27 @@ def test_bench_problem_sequential_grad_equals_joint(amp):
 
 
 def test_bf16_objective_close_to_fp32():
-    """bf16 autocast changes the forward's rounding only: objective within a few percent."""
-    p = build_problem(["resnet18", "shufflenet_v2_x0_5"], 16, 4, seed=2)
+    """bf16 autocast changes the forward's rounding only: objective within a few percent,
+    and not bit-identical (else the bf16 path did not run)."""
+    p = build_problem(BenchSpec(["resnet18", "shufflenet_v2_x0_5"], 16, 4, seed=2))
     models = prepare_teachers(p.models, p.cfg)
     d = augment.draw(p.cfg.augment, 16, 4, torch.Generator().manual_seed(1))
     out = {}
     with bn_hooks(models, p.cfg.first_bn_multiplier) as hooks, torch.no_grad():
-        for amp in ("none", "bf16"):
-            cfg = p.cfg.model_copy(update={"amp": amp})
-            out[amp] = recovery_loss(p.x0, p.targets, p.roles, models, hooks, cfg, d, False)
-    assert out["bf16"][0].dtype == torch.float32  # losses stay fp32
-    assert abs(out["bf16"][0].item() - out["none"][0].item()) <= 0.05 * out["none"][0].item()
+        for precision in ("fp32", "bf16"):
+            cfg = OptimizeRecover.model_validate({**p.cfg.model_dump(), "precision": precision})
+            assert cfg.precision == precision
+            out[precision] = recovery_loss(Part(p.x0, p.targets, p.roles, d), models, hooks,
+                                           cfg, False)[0]  # fmt: skip
+    fp32, bf16 = out["fp32"].item(), out["bf16"].item()
+    assert out["bf16"].dtype == torch.float32  # losses stay fp32
+    assert bf16 != fp32, "bf16 gave the fp32 objective bit for bit: no autocast"
+    assert abs(bf16 - fp32) <= 0.05 * fp32
 
 
 def test_bench_recover_reports_sane_numbers():
-    r = bench_recover(["resnet18", "shufflenet_v2_x0_5"], res=16, batch=2, iters=2, warmup=1,
-                      threads=1)  # fmt: skip
+    spec = BenchSpec(["resnet18", "shufflenet_v2_x0_5"], res=16, batch=2, threads=1)
+    r = bench_recover(spec, iters=2, warmup=1)
     for key in ("ms_per_iter", "ms_per_iter_mean", "images_iters_per_s", "cpu_ms_per_iter"):
         assert r[key] > 0, key
     assert r["flops_per_iter"] > 1e6 and r["flop_per_s"] > 0

@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prism_hpc.config.schema import AugmentConfig, RecoverConfig
+from prism_hpc.config.schema import AugmentConfig, OptimizeRecover
 from prism_hpc.models.registry import create_model, freeze
 from prism_hpc.recover import loop
-from prism_hpc.recover.loop import PackUnit, pixel_bounds, recover_chunk, recover_packed
+from prism_hpc.recover.loop import Unit, pixel_bounds, recover_units
 from prism_hpc.recover.objective import bn_hooks
 from prism_hpc.seeding import generator
 
@@ -31,9 +31,9 @@ def teachers() -> dict:
     }
 
 
-def _cfg(**kw) -> RecoverConfig:
+def _cfg(**kw) -> OptimizeRecover:
     aug = AugmentConfig(crop_scale=(0.5, 1.0), jitter=2, per_sample=True)
-    return RecoverConfig(
+    return OptimizeRecover(
         logit_teacher="r", bn_always=["r"], bn_pool=["m", "s"], iterations=5, iteration_step=0,
         log_every=100, augment=aug, scope="intra", l2_scale=1e-3, **kw,
     )  # fmt: skip
@@ -57,10 +57,8 @@ def test_loop_runs_on_meta_with_reads_only_at_log_points(teachers, host_reads, m
     bounds = pixel_bounds([0.5] * 3, [0.5] * 3, META)
     x0 = torch.empty(4, 3, 16, 16, device=META)
     with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
-        x, _, hist = recover_chunk(
-            x0, torch.arange(4, device=META), teachers, hooks, cfg, 5, bounds,
-            generator(0, "a"), generator(0, "b"), None,
-        )  # fmt: skip
+        unit = Unit(x0, torch.arange(4, device=META), 5, generator(0, "a"), generator(0, "b"), None)
+        ((x, _, hist),) = recover_units([unit], teachers, hooks, cfg, bounds)
     assert x.device == META and x.shape == x0.shape
     assert [e["step"] for e in hist] == [1, 5]  # log_every 100: first and last step only
     assert host_reads == ["meta"] * 4  # (ce, bn) at each of the two log points, nothing else
@@ -70,7 +68,7 @@ def test_packed_loop_runs_on_meta(teachers, host_reads):
     cfg = _cfg(pack=2)
     bounds = pixel_bounds([0.5] * 3, [0.5] * 3, META)
     units = [
-        PackUnit(
+        Unit(
             torch.empty(n, 3, 16, 16, device=META),
             torch.arange(n, device=META),
             t,
@@ -81,7 +79,7 @@ def test_packed_loop_runs_on_meta(teachers, host_reads):
         for j, (n, t) in enumerate([(4, 5), (4, 4)])  # equal chunks: the one-pass var_mean branch
     ]
     with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
-        out = recover_packed(units, teachers, hooks, cfg, bounds)
+        out = recover_units(units, teachers, hooks, cfg, bounds)
     assert [x.shape[0] for x, _, _ in out] == [4, 4]
     assert [[e["step"] for e in h] for _, _, h in out] == [[1, 5], [1, 4]]
     assert host_reads == ["meta"] * 8

@@ -10,13 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from prism_hpc.config.schema import RdedConfig, RecoverConfig
+from prism_hpc.config.schema import OptimizeRecover, RdedConfig
 from prism_hpc.errors import UserError
+from prism_hpc.recover.context import SliceContext
 from prism_hpc.recover.edc import class_reference, rded_init
 from prism_hpc.recover.gvbsm import StatMatcher
-from prism_hpc.recover.rded import rded_class_image
+from prism_hpc.recover.rded import Observer, rded_class_image
 from prism_hpc.train.schedules import lr_factor
-from tests.test_recover_gvbsm import conv_bn_net, hooked_terms, reference_stats, two_level_batch
+from tests.helpers import conv_bn_net, hooked_terms, reference_stats, two_level_batch
 
 
 def class_stats() -> dict[str, torch.Tensor]:
@@ -31,9 +32,9 @@ def class_stats() -> dict[str, torch.Tensor]:
     return stats
 
 
-def edc_matching(**over) -> RecoverConfig:
+def edc_matching(**over) -> OptimizeRecover:
     m = {"enabled": True, "backbones": ["net"], "momentum": 0.0, "class_aware": True, **over}
-    return RecoverConfig(logit_teacher="net", bn_always=["net"], bn_pool=[], matching=m)
+    return OptimizeRecover(logit_teacher="net", bn_always=["net"], bn_pool=[], matching=m)
 
 
 def test_class_reference_is_the_mean_over_the_batch_images_classes():
@@ -103,16 +104,16 @@ def test_rded_init_is_the_slice_rded_image_quantised():
     source = TinySource()
     per_class = [np.arange(4), np.arange(4, 8)]
     mean, std = torch.tensor([0.5]).view(1, -1, 1, 1), torch.tensor([0.25]).view(1, -1, 1, 1)
-    x0, sources = rded_init(Cfg, source, per_class, 1, [0, 1], mean, std, "cpu", {"obs": observer})
+    ctx = SliceContext(Cfg, {"obs": observer}, {}, source, per_class, ([0.5], [0.25]))
+    x0, sources = rded_init(ctx, 1, [0, 1])
+    obs = Observer(observer, 8, mean, std, torch.device("cpu"))
     for row, c in enumerate([0, 1]):
-        image, record = rded_class_image(
-            Cfg.recover.rded, observer, source, per_class[c], 3, 1, c, 8, mean, std, "cpu"
-        )
+        image, record = rded_class_image(Cfg.recover.rded, obs, source, per_class[c], 3, 1, c)
         want = ((image * 255).round() / 255 - mean[0]) / std[0]
         torch.testing.assert_close(x0[row], want)
         assert sources[row] == record["sources"][0] and sources[row] in per_class[c]
     with pytest.raises(UserError, match="observer"):
-        rded_init(Cfg, source, per_class, 1, [0], mean, std, "cpu", None)
+        rded_init(SliceContext(Cfg, {}, {}, source, per_class, ([0.5], [0.25])), 1, [0])
 
 
 def test_smooth_cosine_is_the_ssrs_cosine_without_its_tail():

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from prism_hpc.config.load import config_from_dict
-from prism_hpc.config.schema import RecoverConfig
+from prism_hpc.config.schema import OptimizeRecover
 from prism_hpc.recover.gvbsm import StatMatcher, densify_loss, pick_backbone, smoothed
-from prism_hpc.recover.loop import pixel_bounds, recover_chunk
+from prism_hpc.recover.loop import Unit, pixel_bounds, recover_units
 from prism_hpc.recover.statistics import (
     batch_patch_stats,
     compute_statistics,
@@ -26,45 +26,12 @@ from prism_hpc.seeding import generator
 from prism_hpc.stages.statistics import StatisticsStage, statistics_path
 from prism_hpc.workflow import TaskEnv
 from tests.conftest import TINY
+from tests.helpers import conv_bn_net, hooked_terms, reference_stats, two_level_batch
 
 
-def two_level_batch() -> torch.Tensor:
-    """(2, 1, 32, 16): image 0 is 1 above / 3 below row 16, image 1 is 5 / 7. Channel
-    mean 4, var 5; patch (top, bottom) means 3, 5, variances 4, 4."""
-    x = torch.empty(2, 1, 32, 16)
-    for i, (top, bottom) in enumerate([(1.0, 3.0), (5.0, 7.0)]):
-        x[i, :, :16] = top
-        x[i, :, 16:] = bottom
-    return x
-
-
-def conv_bn_net() -> nn.Module:
-    """A 1x1 identity conv then a BN with running mean 0 / var 1: both layers see x."""
-    net = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.BatchNorm2d(1))
-    with torch.no_grad():
-        net[0].weight.fill_(1.0)
-    return net.eval()
-
-
-def reference_stats() -> dict[str, torch.Tensor]:
-    return {
-        "global/0/mean": torch.tensor([0.0]),
-        "global/0/var": torch.tensor([1.0]),
-        "global/0/patch_mean": torch.tensor([0.0, 0.0]),
-        "global/0/patch_var": torch.tensor([1.0, 1.0]),
-    }
-
-
-def matching(**over) -> RecoverConfig:
+def matching(**over) -> OptimizeRecover:
     m = {"enabled": True, "backbones": ["net"], "momentum": 0.0, **over}
-    return RecoverConfig(logit_teacher="net", bn_always=["net"], bn_pool=[], matching=m)
-
-
-def hooked_terms(matcher: StatMatcher, net: nn.Module, x: torch.Tensor, targets=None):
-    matcher.active, matcher.targets, matcher.terms = "net", targets, []
-    net(x)
-    matcher.active = None
-    return [float(t.detach()) for t in matcher.terms]
+    return OptimizeRecover(logit_teacher="net", bn_always=["net"], bn_pool=[], matching=m)
 
 
 def test_layers_in_module_order():
@@ -95,11 +62,11 @@ def test_patch_moments_equal_the_resized_patches(shape):
             *torch.var_mean(rows, dim=2, unbiased=False)]  # fmt: skip
     per_sample = sample_stats(x, patch=True)
     got = [*batch_patch_stats(x), per_sample["patch_var"], per_sample["patch_mean"]]
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     weights = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in want]
-    grad_want = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, want)), x)[0]
-    grad_got = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, got)), x)[0]
+    grad_want = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, want, strict=True)), x)[0]
+    grad_got = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, got, strict=True)), x)[0]
     torch.testing.assert_close(grad_got, grad_want, rtol=1e-9, atol=1e-12)
 
 
@@ -158,9 +125,9 @@ def test_precomputed_statistics_equal_a_direct_computation():
     stats = compute_statistics(net, batches, num_classes=3, per_class=True)
     n = torch.tensor([3.0, 2.0])
     for key, fn in [("mean", lambda x: x.mean()), ("var", lambda x: x.var(unbiased=False))]:
-        want = sum(fn(b[0]) * k for b, k in zip(batches, n)) / 5
+        want = sum(fn(b[0]) * k for b, k in zip(batches, n, strict=True)) / 5
         assert stats[f"global/0/{key}"].item() == pytest.approx(want.item(), rel=1e-5)
-    pm = sum(batch_patch_stats(b[0])[1] * k for b, k in zip(batches, n)) / 5
+    pm = sum(batch_patch_stats(b[0])[1] * k for b, k in zip(batches, n, strict=True)) / 5
     torch.testing.assert_close(stats["global/0/patch_mean"], pm)
     images = torch.cat([b[0] for b in batches])
     labels = torch.cat([b[1] for b in batches])
@@ -210,17 +177,16 @@ def test_recover_chunk_alternates_backbones():
             for n in ("a", "b")}  # fmt: skip
     for net in nets.values():
         net.requires_grad_(False)
-    rec = RecoverConfig(
+    rec = OptimizeRecover(
         logit_teacher="a", bn_always=["a"], bn_pool=["b"], iterations=4, iteration_step=0,
         matching={"enabled": True, "conv": False, "momentum": 0.4},
         augment={"crop_scale": [1.0, 1.0], "flip": False, "jitter": 0},
     )  # fmt: skip
     m = StatMatcher(nets, rec, {})
     x0 = torch.randn(3, 1, 8, 8)
-    x, used, history = recover_chunk(
-        x0, torch.tensor([0, 1, 2]), nets, {}, rec, 4, pixel_bounds([0.5], [0.5], "cpu"),
-        generator(0, "a"), generator(0, "b"), fixed_roles=None, matcher=m,
-    )  # fmt: skip
+    unit = Unit(x0, torch.tensor([0, 1, 2]), 4, generator(0, "a"), generator(0, "b"), None)
+    ((x, used, history),) = recover_units([unit], nets, {}, rec,
+                                          pixel_bounds([0.5], [0.5], "cpu"), m)  # fmt: skip
     assert [(r.logit, r.bn) for r in used] == [("a", ("a",)), ("b", ("b",))] * 2
     assert not torch.equal(x, x0) and history[-1]["bn"] > 0
     m.remove()
@@ -228,7 +194,7 @@ def test_recover_chunk_alternates_backbones():
 
 def test_config_refuses_pack_and_plain_configs_have_no_statistics():
     with pytest.raises(ValueError, match="pack 1"):
-        RecoverConfig(pack=2, matching={"enabled": True})
+        OptimizeRecover(pack=2, matching={"enabled": True})
     cfg = config_from_dict(copy.deepcopy(TINY))
     assert StatisticsStage().items(cfg) == []  # PRISM: the stage adds nothing
 

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from prism_hpc.config.load import config_from_dict
 from prism_hpc.data.sources import IMAGENET_STATS
 from prism_hpc.models.teachers import load_teacher
-from prism_hpc.recover.loop import pixel_bounds, recover_chunk
+from prism_hpc.recover.loop import Unit, pixel_bounds, recover_units
 from prism_hpc.recover.objective import bn_hooks
-from prism_hpc.recover.slices import slice_roles
+from prism_hpc.recover.schedules import slice_roles
 from prism_hpc.seeding import generator
 
 effnet = pytest.importorskip(
@@ -75,10 +75,10 @@ def test_real_imagenet_teacher_recovers_target_classes():
     assert roles.logit == "effnet" and roles.bn == ("effnet",)
     with bn_hooks(teachers, cfg.recover.first_bn_multiplier) as hooks:
         assert len(hooks["effnet"].layers) == 49  # a real BN teacher
-        x, _, history = recover_chunk(
-            x0, y, teachers, hooks, cfg.recover, cfg.recover.iterations,
-            pixel_bounds(mean, std, "cpu"), generator(0, "aug"), generator(0, "intra"), roles,
-        )  # fmt: skip
+        unit = Unit(x0, y, cfg.recover.iterations, generator(0, "aug"), generator(0, "intra"),
+                    roles)  # fmt: skip
+        ((x, _, history),) = recover_units([unit], teachers, hooks, cfg.recover,
+                                           pixel_bounds(mean, std, "cpu"))  # fmt: skip
     after = target_prob(x)
     print(f"target probabilities {before.numpy().round(4)} -> {after.numpy().round(3)}; "
           f"CE {history[0]['ce']:.2f} -> {history[-1]['ce']:.2f}, BN {history[0]['bn']:.0f} -> "

@@ -16,16 +16,17 @@ from prism_hpc.data.sources import open_source, source_stats
 from prism_hpc.models.teachers import load_teacher
 from prism_hpc.recover import augment, loop
 from prism_hpc.recover.joint import joint_rows, joint_schedule
-from prism_hpc.recover.loop import pixel_bounds, recover_chunk, recovery_loss
+from prism_hpc.recover.loop import Unit, pixel_bounds, recover_units
+from prism_hpc.recover.loss import Part, recovery_loss
 from prism_hpc.recover.objective import bn_hooks
 from prism_hpc.recover.sampler import Roles
-from prism_hpc.recover.slices import slice_roles
+from prism_hpc.recover.schedules import slice_roles
 from prism_hpc.seeding import generator
 from prism_hpc.stages.recover import RecoverStage, slice_path
 from prism_hpc.store.shards import read_shard
 from prism_hpc.workflow import TaskEnv
 from tests.conftest import TINY, write_yaml
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 
 def _cfg(**recover) -> dict:
@@ -69,19 +70,19 @@ def test_late_rows_join_at_their_start_and_do_not_move_before(monkeypatch):
     sizes = []
     real = loop.recovery_loss
 
-    def counting(x, *args, **kwargs):
-        sizes.append(x.shape[0])
-        return real(x, *args, **kwargs)
+    def counting(part, *args, **kwargs):
+        sizes.append(part.x.shape[0])
+        return real(part, *args, **kwargs)
 
     monkeypatch.setattr(loop, "recovery_loss", counting)
     x0 = torch.rand(3, 1, 8, 8)
     bounds = pixel_bounds([0.0], [0.1], torch.device("cpu"))  # pixels in [0, 10]: no clamp
     with bn_hooks(teachers, 10.0) as hooks:
         roles = Roles("m", ("m",))
-        run = lambda steps: recover_chunk(
-            x0, torch.tensor([0, 1, 2]), teachers, hooks, rec, steps, bounds,
-            generator(0, "a"), generator(0, "b"), roles, starts=[0, 3, 1],
-        )[0]  # fmt: skip
+        run = lambda steps: recover_units([Unit(
+            x0, torch.tensor([0, 1, 2]), steps, generator(0, "a"), generator(0, "b"), roles,
+            starts=[0, 3, 1],
+        )], teachers, hooks, rec, bounds)[0][0]  # fmt: skip
         x = run(5)
         assert sizes == [1, 2, 2, 3, 3]  # rows 0; 0, 2; 0, 2; then all three
         sizes.clear()
@@ -109,9 +110,9 @@ def test_joint_loss_is_the_objective_on_the_concatenation(tmp_path, fmnist_avail
     d = augment.draw(rec.augment, 16, 8, generator(0, "recover-augment", 0, 0), 0, rec.iterations)
     roles = slice_roles(cfg, 0, 0)
     with bn_hooks(teachers, rec.first_bn_multiplier) as hooks, torch.no_grad():
-        _, ce, bn = recovery_loss(x, y, roles, teachers, hooks, rec, d, backward=False)
+        _, ce, bn = recovery_loss(Part(x, y, roles, d), teachers, hooks, rec, backward=False)
         # the same crop (one per batch) on each slice's half: per-slice statistics differ
-        split = [recovery_loss(x[s::2], y[s::2], roles, teachers, hooks, rec, d, False)[2]
+        split = [recovery_loss(Part(x[s::2], y[s::2], roles, d), teachers, hooks, rec, False)[2]
                  for s in (0, 1)]  # fmt: skip
     for s, shard in enumerate(shards):
         first = shard["provenance"]["chunks"][0]["history"][0]
@@ -126,7 +127,7 @@ def test_one_slice_per_group_is_the_cross_class_batch(tmp_path, fmnist_available
     joint = _run(_cfg(ipc=2, iterations=8, iteration_step=2), tmp_path / "joint")
     cross = _run(_cfg(ipc=2, iterations=8, iteration_step=2, batching="cross_class"),
                  tmp_path / "cross")  # fmt: skip
-    for a, b in zip(joint, cross):
+    for a, b in zip(joint, cross, strict=True):
         assert np.array_equal(a["images"], b["images"])
         assert [c["history"] for c in a["provenance"]["chunks"]] == [
             c["history"] for c in b["provenance"]["chunks"]
@@ -162,7 +163,7 @@ def test_world_size_1_and_2_give_bit_identical_images(tmp_path, fmnist_available
                      "--backend", "local")  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     two = [read_shard(slice_path(tmp_path / "ws2", s)) for s in range(2)]
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         assert np.array_equal(a["images"], b["images"])
         pa, pb = a["provenance"], b["provenance"]
         assert (pa["world_size"], pb["world_size"]) == (1, 2)
@@ -182,7 +183,7 @@ def test_a_restart_mid_group_reproduces_the_images(tmp_path, fmnist_available, m
     cfg = config_from_dict(raw)
     stage = RecoverStage()
     (item,) = stage.items(cfg)
-    real, calls = joint.recover_chunk, []
+    real, calls = joint.recover_units, []
 
     def killed_after_first(*args, **kwargs):
         if calls:
@@ -191,7 +192,7 @@ def test_a_restart_mid_group_reproduces_the_images(tmp_path, fmnist_available, m
         return real(*args, **kwargs)
 
     run = tmp_path / "killed"
-    monkeypatch.setattr(joint, "recover_chunk", killed_after_first)
+    monkeypatch.setattr(joint, "recover_units", killed_after_first)
     with pytest.raises(KeyboardInterrupt):
         stage.run(cfg, item, TaskEnv(run_dir=run, log=lambda m: None))
     partial = sorted(p.relative_to(run / "recover" / "partial").as_posix()
@@ -199,7 +200,7 @@ def test_a_restart_mid_group_reproduces_the_images(tmp_path, fmnist_available, m
     assert partial == ["slice_00000/chunk_0000.npz", "slice_00001/chunk_0000.npz"]
 
     counted = []
-    monkeypatch.setattr(joint, "recover_chunk", lambda *a, **k: counted.append(1) or real(*a, **k))
+    monkeypatch.setattr(joint, "recover_units", lambda *a, **k: counted.append(1) or real(*a, **k))
     shards, write = [], recover_stage.write_shard
 
     def dies_after_first_shard(*args, **kwargs):

@@ -8,10 +8,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from prism_hpc.config.schema import AugmentConfig, RecoverConfig
+from prism_hpc.config.schema import AugmentConfig, OptimizeRecover
 from prism_hpc.models.registry import create_model, freeze
 from prism_hpc.recover import augment
-from prism_hpc.recover.loop import cosine_lr, pixel_bounds, recover_chunk, recovery_loss
+from prism_hpc.recover.loop import Unit, cosine_lr, pixel_bounds, recover_units
+from prism_hpc.recover.loss import Part, recovery_loss
 from prism_hpc.recover.objective import bn_hooks
 from prism_hpc.recover.sampler import Roles
 from prism_hpc.seeding import generator
@@ -35,14 +36,14 @@ def teachers() -> dict:
     return out
 
 
-def _cfg(**kw) -> RecoverConfig:
+def _cfg(**kw) -> OptimizeRecover:
     base = {
         "logit_teacher": "r", "bn_always": ["r"], "bn_pool": ["m", "s"], "r_bn": 0.05,
         "iterations": 12, "iteration_step": 0, "lr": 0.1, "log_every": 5,
         "augment": AugmentConfig(crop_scale=(0.5, 1.0), jitter=2),
     }  # fmt: skip
     base.update(kw)
-    return RecoverConfig(**base)
+    return OptimizeRecover(**base)
 
 
 def _x(n=4):
@@ -58,7 +59,7 @@ def test_sequential_gradient_equals_joint(teachers):
         cfg = _cfg(memory=memory, l2_scale=1e-3, tv_scale=1e-3)
         x = _x().requires_grad_(True)
         with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
-            totals[memory], _, _ = recovery_loss(x, y, roles, teachers, hooks, cfg, d, True)
+            totals[memory], _, _ = recovery_loss(Part(x, y, roles, d), teachers, hooks, cfg, True)
         grads[memory] = x.grad
     rel = (grads["sequential"] - grads["joint"]).norm() / grads["joint"].norm()
     assert rel.item() < 1e-5
@@ -82,9 +83,8 @@ def test_loop_is_adam_betas_cosine_then_clamp(teachers):
     y = torch.arange(4)
     x0 = _x() * 2  # partly outside the valid range: the clamp matters
     with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
-        out, used, history = recover_chunk(
-            x0, y, teachers, hooks, cfg, 12, bounds, generator(0, "a"), generator(0, "b"), roles
-        )
+        unit = Unit(x0, y, 12, generator(0, "a"), generator(0, "b"), roles)
+        ((out, used, history),) = recover_units([unit], teachers, hooks, cfg, bounds)
         x = x0.clone().requires_grad_(True)
         opt = torch.optim.Adam([x], lr=cfg.lr, betas=(0.5, 0.9), eps=1e-8)
         g = generator(0, "a")
@@ -92,7 +92,7 @@ def test_loop_is_adam_betas_cosine_then_clamp(teachers):
             opt.param_groups[0]["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * step / 12))
             d = augment.draw(cfg.augment, SIZE, 4, g)
             opt.zero_grad()
-            recovery_loss(x, y, roles, teachers, hooks, cfg, d, backward=True)
+            recovery_loss(Part(x, y, roles, d), teachers, hooks, cfg, backward=True)
             opt.step()
             with torch.no_grad():
                 x.clamp_(min=(0 - 0.3) / 0.4, max=(1 - 0.3) / 0.4)
@@ -103,7 +103,7 @@ def test_loop_is_adam_betas_cosine_then_clamp(teachers):
 
 
 def test_defaults_are_the_papers():
-    cfg = RecoverConfig()
+    cfg = OptimizeRecover()
     assert (cfg.lr, tuple(cfg.betas), cfg.iterations, cfg.r_bn) == (0.05, (0.5, 0.9), 4000, 0.01)
     assert (cfg.iteration_step, cfg.iteration_period, cfg.first_bn_multiplier) == (500, 8, 10.0)
     assert cfg.augment.crop_scale == (0.08, 1.0) and cfg.augment.jitter == 32
@@ -111,16 +111,16 @@ def test_defaults_are_the_papers():
 
 
 def test_varying_iteration_rule():
-    cfg = RecoverConfig()
+    cfg = OptimizeRecover()
     assert [cfg.iterations_for(i) for i in range(10)] == [
         4000, 3500, 3000, 2500, 2000, 1500, 1000, 500, 4000, 3500
     ]  # fmt: skip
-    flat = RecoverConfig(iteration_step=0)
+    flat = OptimizeRecover(iteration_step=0)
     assert {flat.iterations_for(i) for i in range(20)} == {4000}
-    small = RecoverConfig(iterations=200, iteration_step=20, iteration_period=8)
+    small = OptimizeRecover(iterations=200, iteration_step=20, iteration_period=8)
     assert [small.iterations_for(i) for i in (0, 7, 8, 15)] == [200, 60, 200, 60]
     with pytest.raises(ValidationError, match="iteration_step"):
-        RecoverConfig(iterations=3000, iteration_step=500, iteration_period=8)
+        OptimizeRecover(iterations=3000, iteration_step=500, iteration_period=8)
 
 
 def test_intra_scope_redraws_every_step(teachers):
@@ -132,10 +132,8 @@ def test_intra_scope_redraws_every_step(teachers):
                    bn_always=[], bn_pool=["r", "m", "s"], sampler="uniform", k_max=2,
                    resample_logit=resample, iterations=10)  # fmt: skip
         with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
-            results[resample] = recover_chunk(
-                _x(), y, teachers, hooks, cfg, 10, bounds, generator(0, "a"),
-                generator(0, "intra"), None,
-            )  # fmt: skip
+            unit = Unit(_x(), y, 10, generator(0, "a"), generator(0, "intra"), None)
+            results[resample] = recover_units([unit], teachers, hooks, cfg, bounds)[0]
     fixed_used, moving_used = results[False][1], results[True][1]
     assert len(fixed_used) > 3 and len({r.bn for r in fixed_used}) > 2
     assert len({r.logit for r in fixed_used}) == 1  # logit teacher kept unless resample_logit
@@ -145,6 +143,6 @@ def test_intra_scope_redraws_every_step(teachers):
     cfg = _cfg(scope="intra", logit_teacher=None, logit_pool=["r", "m", "s"], bn_always=[],
                bn_pool=["r", "m", "s"], sampler="uniform", k_max=2, iterations=10)  # fmt: skip
     with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
-        again = recover_chunk(_x(), y, teachers, hooks, cfg, 10, bounds, generator(0, "a"),
-                              generator(0, "intra"), None)  # fmt: skip
+        unit = Unit(_x(), y, 10, generator(0, "a"), generator(0, "intra"), None)
+        again = recover_units([unit], teachers, hooks, cfg, bounds)[0]
     assert again[1] == fixed_used and torch.equal(again[0], results[False][0])

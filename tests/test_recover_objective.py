@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from prism_hpc.config.schema import AugmentConfig, RecoverConfig
+from prism_hpc.config.schema import AugmentConfig, OptimizeRecover
 from prism_hpc.recover import augment
-from prism_hpc.recover.loop import recovery_loss
-from prism_hpc.recover.objective import bn_divisor, bn_hooks, image_priors, teacher_terms
+from prism_hpc.recover.loss import Part, recovery_loss
+from prism_hpc.recover.objective import Share, bn_divisor, bn_hooks, image_priors, teacher_terms
 from prism_hpc.recover.sampler import Roles
 
 
@@ -97,8 +97,7 @@ def test_bn_term_equals_hand_computation(multiplier):
     model = BNNet().double()
     x = _x()
     with bn_hooks({"t": model}, multiplier) as hooks:
-        _, ce, bn = teacher_terms("t", model, hooks, x, torch.zeros(5, dtype=torch.long),
-                                  is_logit=False, is_bn=True, bn_scale=1.0)  # fmt: skip
+        ((_, ce, bn),) = teacher_terms(model, hooks["t"], [Share(x, None, 1.0)], grouped=False)
     assert ce is None
     assert bn.item() == pytest.approx(hand_bn_sum(model, x.numpy(), multiplier), rel=1e-12)
 
@@ -107,8 +106,7 @@ def test_bn_term_float32_matches_float64_hand_computation():
     model = BNNet()
     x = _x(dtype=torch.float32)
     with bn_hooks({"t": model}, 10.0) as hooks:
-        _, _, bn = teacher_terms("t", model, hooks, x, torch.zeros(5, dtype=torch.long),
-                                 is_logit=False, is_bn=True, bn_scale=1.0)  # fmt: skip
+        ((_, _, bn),) = teacher_terms(model, hooks["t"], [Share(x, None, 1.0)], grouped=False)
     assert bn.item() == pytest.approx(hand_bn_sum(model, x.double().numpy(), 10.0), rel=1e-5)
 
 
@@ -118,8 +116,8 @@ def test_first_bn_multiplier_scales_only_the_first_layer():
     sums = {}
     for m in (1.0, 10.0):
         with bn_hooks({"t": model}, m) as hooks:
-            sums[m] = teacher_terms("t", model, hooks, x, torch.zeros(5, dtype=torch.long),
-                                    is_logit=False, is_bn=True, bn_scale=1.0)[2].item()  # fmt: skip
+            sums[m] = teacher_terms(model, hooks["t"], [Share(x, None, 1.0)],
+                                    grouped=False)[0][2].item()  # fmt: skip
     first_only = hand_bn_sum(model, x.numpy(), 1.0) - hand_bn_sum(model, x.numpy(), 0.0)
     assert sums[10.0] - sums[1.0] == pytest.approx(9 * first_only, rel=1e-10)
 
@@ -129,8 +127,7 @@ def test_ce_term_equals_hand_computation_and_logit_only_skips_bn():
     x = _x()
     y = torch.tensor([0, 1, 2, 3, 1])
     with bn_hooks({"t": model}, 10.0) as hooks:
-        loss, ce, bn = teacher_terms("t", model, hooks, x, y, is_logit=True, is_bn=False,
-                                     bn_scale=1.0)  # fmt: skip
+        ((loss, ce, bn),) = teacher_terms(model, hooks["t"], [Share(x, y, None)], grouped=False)
         assert hooks["t"].terms == []  # hooks inactive for a logit-only teacher
     with torch.no_grad():
         logits = model(x).numpy()
@@ -150,13 +147,13 @@ def test_hooks_removed_after_use_even_on_error():
     assert not model.bn_in._forward_hooks and not model.bn_mid._forward_hooks
 
 
-def _cfg(**kw) -> RecoverConfig:
+def _cfg(**kw) -> OptimizeRecover:
     base = {
         "logit_teacher": "a", "bn_always": [], "bn_pool": [], "r_bn": 0.01,
         "augment": AugmentConfig(crop_scale=(1.0, 1.0), flip=False, jitter=0),
     }  # fmt: skip
     base.update(kw)
-    return RecoverConfig(**base)
+    return OptimizeRecover(**base)
 
 
 IDENTITY = augment.AugmentDraw([(0, 0, 6, 6)], [False], (0, 0))
@@ -173,7 +170,8 @@ def test_reduction_and_count_bnless(reduction, count_bnless, k):
     roles = Roles("a", ("a", "b", "c"))
     with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
         assert bn_divisor(roles.bn, hooks, reduction, count_bnless) == k
-        total, ce, bn = recovery_loss(x, y, roles, teachers, hooks, cfg, IDENTITY, backward=False)
+        total, ce, bn = recovery_loss(Part(x, y, roles, IDENTITY), teachers, hooks, cfg,
+                                      backward=False)  # fmt: skip
     xn = x.detach().numpy()
     bn_hand = hand_bn_sum(teachers["a"], xn, 10.0) + hand_bn_sum(teachers["b"], xn, 10.0)
     assert bn.item() == pytest.approx(bn_hand, rel=1e-12)
@@ -191,8 +189,8 @@ def test_teacher_in_both_roles_runs_once_and_bnless_bn_teacher_not_at_all():
     for memory in ("joint", "sequential"):  # sequential: a BN-less BN teacher used to crash
         cfg = _cfg(memory=memory)
         with bn_hooks(teachers, 10.0) as hooks:
-            recovery_loss(x, torch.zeros(5, dtype=torch.long), Roles("a", ("a", "c")), teachers,
-                          hooks, cfg, IDENTITY, backward=True)  # fmt: skip
+            part = Part(x, torch.zeros(5, dtype=torch.long), Roles("a", ("a", "c")), IDENTITY)
+            recovery_loss(part, teachers, hooks, cfg, backward=True)
     assert calls == {"a": 2, "c": 0}
 
 
@@ -221,11 +219,11 @@ def test_gradient_matches_finite_differences_float64():
     y = torch.tensor([0, 1, 2, 3, 1])
     x = _x(size=6).requires_grad_(True)
     with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
-        recovery_loss(x, y, roles, teachers, hooks, cfg, draw, backward=True)
+        recovery_loss(Part(x, y, roles, draw), teachers, hooks, cfg, backward=True)
         grad = x.grad.detach().clone()
 
         def f(z):
-            return recovery_loss(z, y, roles, teachers, hooks, cfg, draw, backward=False)[0]
+            return recovery_loss(Part(z, y, roles, draw), teachers, hooks, cfg, backward=False)[0]
 
         g = torch.Generator().manual_seed(3)
         eps = 1e-6

@@ -1,7 +1,7 @@
 """Packed chunks (`recover.pack`): one teacher forward over several chunks equals separate runs.
 
 Per-chunk BN statistics (grouped), per-chunk CE, Adam, schedules, generators and roles: the
-packed loop must give each chunk what `recover_chunk` gives it alone (fp32 CPU, to rounding).
+packed loop must give each chunk what the loop gives it alone (fp32 CPU, to rounding).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prism_hpc.config.schema import AugmentConfig, RecoverConfig
+from prism_hpc.config.schema import AugmentConfig, OptimizeRecover
 from prism_hpc.models.registry import create_model, freeze
-from prism_hpc.recover.loop import PackUnit, pixel_bounds, recover_chunk, recover_packed
+from prism_hpc.recover.loop import Unit, pixel_bounds, recover_units
 from prism_hpc.recover.objective import bn_hooks
 from prism_hpc.recover.sampler import Roles
 from prism_hpc.seeding import generator
@@ -41,14 +41,14 @@ def teachers(request) -> dict:
     return out
 
 
-def _cfg(**kw) -> RecoverConfig:
+def _cfg(**kw) -> OptimizeRecover:
     base = {
         "logit_teacher": "r", "bn_always": ["r"], "bn_pool": ["m", "s"], "r_bn": 0.05,
         "iterations": 12, "iteration_step": 0, "lr": 0.1, "log_every": 2,
         "augment": AugmentConfig(crop_scale=(0.5, 1.0), jitter=2),
     }  # fmt: skip
     base.update(kw)
-    return RecoverConfig(**base)
+    return OptimizeRecover(**base)
 
 
 # chunk sizes, iterations and (pre) roles differ: r is logit + BN teacher of chunk 0, logit
@@ -58,13 +58,13 @@ SIZES = [4, 3, 2]
 ITERS = [6, 5, 4]
 
 
-def _units(cfg: RecoverConfig, intra: bool, dtype=torch.float32) -> list[PackUnit]:
+def _units(cfg: OptimizeRecover, intra: bool, dtype=torch.float32) -> list[Unit]:
     units = []
-    for j, (n, t) in enumerate(zip(SIZES, ITERS)):
+    for j, (n, t) in enumerate(zip(SIZES, ITERS, strict=True)):
         x0 = torch.randn(n, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(10 + j))
         x0 = x0.to(dtype)
         units.append(
-            PackUnit(
+            Unit(
                 x0, torch.arange(n) + j, t, generator(0, "aug", j), generator(0, "intra", j),
                 None if intra else ROLES[j],
             )
@@ -84,15 +84,14 @@ def _separate(teachers, cfg, intra):
     with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
         out = []
         for u in _units(cfg, intra, _dtype(teachers)):
-            args = (u.iterations, _bounds(teachers), u.aug_gen, u.role_gen, u.fixed_roles)
-            out.append(recover_chunk(u.x0, u.targets, teachers, hooks, cfg, *args))
+            out += recover_units([u], teachers, hooks, cfg, _bounds(teachers))
         return out
 
 
 def _packed(teachers, cfg, intra):
     units = _units(cfg, intra, _dtype(teachers))
     with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
-        return recover_packed(units, teachers, hooks, cfg, _bounds(teachers))
+        return recover_units(units, teachers, hooks, cfg, _bounds(teachers))
 
 
 @pytest.mark.parametrize(
@@ -112,12 +111,12 @@ def test_packed_equals_separate_runs(teachers, kw):
     alone = _separate(teachers, cfg, intra)
     packed = _packed(teachers, cfg, intra)
     dt = _dtype(teachers)
-    for (xa, ua, ha), (xp, up, hp), u in zip(alone, packed, _units(cfg, intra, dt)):
+    for (xa, ua, ha), (xp, up, hp), u in zip(alone, packed, _units(cfg, intra, dt), strict=True):
         assert (xa - u.x0).abs().max() > 0.05  # it did optimise
         torch.testing.assert_close(xp, xa, rtol=0, atol=ATOL[dt])
         assert up == ua  # same roles (intra: the same redraws)
         assert [e["step"] for e in hp] == [e["step"] for e in ha]
-        for ep, ea in zip(hp, ha):
+        for ep, ea in zip(hp, ha, strict=True):
             assert ep["ce"] == pytest.approx(ea["ce"], rel=RTOL_LOSS[dt])
             assert ep["bn"] == pytest.approx(ea["bn"], rel=RTOL_LOSS[dt])
     if intra:
@@ -146,7 +145,7 @@ def test_teachers_see_only_the_chunks_that_drew_them(teachers):
 def test_pack_groups_bn_statistics_per_chunk(teachers):
     """The BN term of a packed forward is each chunk's own term, not the packed batch's."""
     from prism_hpc.recover import augment
-    from prism_hpc.recover.loop import packed_loss, recovery_loss
+    from prism_hpc.recover.loss import Part, packed_loss, recovery_loss
 
     cfg = _cfg(scope="pre")
     units = _units(cfg, False, _dtype(teachers))
@@ -155,11 +154,10 @@ def test_pack_groups_bn_statistics_per_chunk(teachers):
     draws = [augment.draw(cfg.augment, SIZE, 4, generator(0, "d", j)) for j in range(2)]
     ys = [torch.arange(4), torch.arange(4) + 3]
     with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
-        _, bn = packed_loss(xs, ys, roles, draws, teachers, hooks, cfg, backward=False)
+        parts = [Part(xs[j], ys[j], roles[j], draws[j]) for j in range(2)]
+        bn = [b for _, _, b in packed_loss(parts, teachers, hooks, cfg, backward=False)]
         for j in range(2):
-            _, _, alone = recovery_loss(
-                xs[j], ys[j], roles[j], teachers, hooks, cfg, draws[j], False
-            )
+            _, _, alone = recovery_loss(parts[j], teachers, hooks, cfg, False)
             assert bn[j].item() == pytest.approx(alone.item(), rel=RTOL_LOSS[_dtype(teachers)])
     assert abs(bn[0].item() - bn[1].item()) > 1e-3 * abs(bn[0].item())
 
@@ -181,7 +179,7 @@ def test_grouped_stats_one_pass_equals_per_group(monkeypatch):
             var, mean = objective.grouped_channel_stats(xi, [3, 3])
             ((var * wv).sum() + (mean * wm).sum()).backward()
             out[forced] = (var.detach(), mean.detach(), xi.grad)
-    for a, b in zip(out[False], out[True]):
+    for a, b in zip(out[False], out[True], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     ref_var, ref_mean = torch.var_mean(x[3:6], dim=(0, 2, 3), unbiased=False)
     torch.testing.assert_close(out[True][0][1], ref_var)

@@ -17,11 +17,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prism_hpc.config.schema import AugmentConfig, RecoverConfig
+from prism_hpc.config.schema import AugmentConfig, OptimizeRecover
 from prism_hpc.models.registry import create_model, freeze
 from prism_hpc.recover import augment, loop
-from prism_hpc.recover.loop import pixel_bounds, recover_chunk, recovery_loss
+from prism_hpc.recover.loop import Unit, pixel_bounds, recover_units
+from prism_hpc.recover.loss import Part, recovery_loss
 from prism_hpc.recover.objective import BNStatistics, bn_hooks
+from prism_hpc.recover.precision import autocast, loss_scaler
 from prism_hpc.recover.sampler import Roles
 from prism_hpc.seeding import generator
 
@@ -47,14 +49,14 @@ def teachers() -> dict:
     return {n: _warm(a, w) for n, (a, w) in SPECS.items()}
 
 
-def _cfg(**kw) -> RecoverConfig:
+def _cfg(**kw) -> OptimizeRecover:
     base = {
         "logit_teacher": "r", "bn_always": ["r"], "bn_pool": ["m", "s", "e"], "r_bn": 0.05,
         "iterations": 10, "iteration_step": 0, "lr": 0.1, "log_every": 1,
         "augment": AugmentConfig(crop_scale=(0.5, 1.0), jitter=2),
     }  # fmt: skip
     base.update(kw)
-    return RecoverConfig(**base)
+    return OptimizeRecover(**base)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -68,7 +70,7 @@ def test_bf16_objective_and_gradient_within_tolerance_of_fp32(teachers, seed):
         d = augment.draw(cfg.augment, SIZE, 8, generator(seed, "aug"))
         x = x0.clone().requires_grad_(True)
         with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
-            total, ce, bn = recovery_loss(x, y, roles, teachers, hooks, cfg, d, True)
+            total, ce, bn = recovery_loss(Part(x, y, roles, d), teachers, hooks, cfg, True)
         assert total.dtype == ce.dtype == bn.dtype == x.grad.dtype == torch.float32
         out[precision] = (total.item(), ce.item(), bn.item(), x.grad)
     (t32, c32, b32, g32), (t16, c16, b16, g16) = out["fp32"], out["bf16"]
@@ -102,7 +104,7 @@ def test_bn_statistics_are_an_fp32_island(teachers, groups):
             h.remove()
     assert len(terms) == len(inputs) == len(stats.layers) > 40
     assert inputs[0][1].dtype == torch.bfloat16  # the island has something to do
-    for i, ((layer, xin), term) in enumerate(zip(inputs, terms)):
+    for i, ((layer, xin), term) in enumerate(zip(inputs, terms, strict=True)):
         assert term.dtype == torch.float32
         ref = []
         for part in torch.split(xin.double(), groups or [xin.shape[0]]):
@@ -120,10 +122,9 @@ def test_bf16_images_and_adam_stay_fp32(teachers):
     x0 = torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 0.3
     bounds = pixel_bounds([0.5] * 3, [0.5] * 3, "cpu")
     with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
-        x, _, hist = recover_chunk(
-            x0, torch.arange(4), teachers, hooks, cfg, 3, bounds,
-            generator(0, "a"), generator(0, "b"), Roles("r", ("r", "m")),
-        )  # fmt: skip
+        unit = Unit(x0, torch.arange(4), 3, generator(0, "a"), generator(0, "b"),
+                    Roles("r", ("r", "m")))  # fmt: skip
+        ((x, _, hist),) = recover_units([unit], teachers, hooks, cfg, bounds)
     assert x.dtype == torch.float32 and not torch.equal(x, x0)
     assert [e["step"] for e in hist] == [1, 2, 3]
 
@@ -143,32 +144,31 @@ def test_fp16_dynamic_loss_scaling_skips_overflow_and_lowers_the_scale(teachers,
         return made[-1]
 
     with bn_hooks(teachers, cfg.first_bn_multiplier) as hooks:
-        args = (torch.arange(4), teachers, hooks, cfg)
+        args = (teachers, hooks, cfg, bounds)
         roles = Roles("r", ("r", "m"))
+
+        def unit(steps: int) -> list[Unit]:
+            return [Unit(x0, torch.arange(4), steps, generator(0, "a"), generator(0, "b"), roles)]
+
         with monkeypatch.context() as mp:
             mp.setattr(loop, "loss_scaler", huge)
-            x, _, _ = recover_chunk(
-                x0, *args, 1, bounds, generator(0, "a"), generator(0, "b"), roles
-            )
+            ((x, _, _),) = recover_units(unit(1), *args)
         assert torch.equal(x, x0)  # the step was skipped
         assert made[0].get_scale() == 2.0**99
-        x, _, hist = recover_chunk(
-            x0, *args, 3, bounds, generator(0, "a"), generator(0, "b"), roles
-        )
+        ((x, _, hist),) = recover_units(unit(3), *args)
     assert not torch.equal(x, x0)
     assert all(torch.isfinite(torch.tensor([e["ce"], e["bn"]])).all() for e in hist)
 
 
-def test_precision_config_and_amp_alias():
-    assert RecoverConfig().precision == "fp32" and RecoverConfig().pack == 1
-    assert RecoverConfig(amp="bf16").precision == "bf16"
-    assert RecoverConfig(amp="none").precision == "fp32"
-    with pytest.raises(ValueError, match="amp"):
-        RecoverConfig(amp="fp16")
+def test_precision_config_has_no_amp_alias():
+    assert OptimizeRecover().precision == "fp32" and OptimizeRecover().pack == 1
+    assert OptimizeRecover(precision="bf16").precision == "bf16"
+    with pytest.raises(ValueError, match="amp"):  # 0.x keeps no old spellings
+        OptimizeRecover(amp="bf16")
     with pytest.raises(ValueError):
-        RecoverConfig(pack=0)
+        OptimizeRecover(pack=0)
 
 
 def test_fp32_path_has_no_autocast():
-    assert isinstance(loop.autocast(_cfg(), torch.device("cpu")), nullcontext)
-    assert loop.loss_scaler(_cfg(precision="bf16"), torch.device("cpu")) is None
+    assert isinstance(autocast(_cfg(), torch.device("cpu")), nullcontext)
+    assert loss_scaler(_cfg(precision="bf16"), torch.device("cpu")) is None

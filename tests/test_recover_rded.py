@@ -14,12 +14,14 @@ import yaml
 from torch import nn
 
 from prism_hpc.config.load import config_from_dict
-from prism_hpc.config.schema import RecoverConfig
+from prism_hpc.config.schema import OptimizeRecover
 from prism_hpc.data.index import class_index
 from prism_hpc.data.patches import patch_edges
 from prism_hpc.errors import UserError
 from prism_hpc.recover import rded
-from prism_hpc.recover.slices import recover_slice
+from prism_hpc.recover.context import SliceContext
+from prism_hpc.recover.driver import recover_item
+from prism_hpc.recover.methods import schedule_for
 from prism_hpc.seeding import generator
 from tests.conftest import TINY
 
@@ -53,11 +55,20 @@ class ConstantSource:
 def _rded_cfg(**rded_block) -> dict:
     data = copy.deepcopy(TINY)
     data["data"]["resolution"] = 8
-    data["recover"].update(
-        synthesis="rded", ipc=2, bn_always=[], bn_pool=[], classes_per_batch=2,
-        rded={"factor": 2, "candidates": 6, "crops": 3, **rded_block},
-    )  # fmt: skip
+    data["recover"] = {
+        "synthesis": "rded", "ipc": 2, "classes_per_batch": 2, "logit_teacher": "resnet18",
+        "rded": {"factor": 2, "candidates": 6, "crops": 3, **rded_block},
+    }  # fmt: skip
     return data
+
+
+def _recover(cfg, slice_index: int = 0, log=lambda m: None, progress_dir=None) -> dict:
+    """One slice through the recover driver with the bright observer and constant images."""
+    src = ConstantSource()
+    ctx = SliceContext(cfg, {"resnet18": BrightObserver()}, {}, src, class_index(src.labels, 2),
+                       ([0.5], [0.25]), log=log, progress_dir=progress_dir)  # fmt: skip
+    ((_, result),) = recover_item(ctx, schedule_for(cfg.recover), [slice_index])
+    return result
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -160,16 +171,15 @@ def test_the_brightest_candidates_are_chosen_and_stitched_best_first():
     cfg = config_from_dict(_rded_cfg())
     src = ConstantSource()
     per_class = class_index(src.labels, 2)
-    image, rec = rded.rded_class_image(
-        cfg.recover.rded, BrightObserver(), src, per_class[1], cfg.seed, 1, 1, 8, MEAN, STD,
-        torch.device("cpu"),
-    )  # fmt: skip
+    observer = rded.Observer(BrightObserver(), 8, MEAN, STD, torch.device("cpu"))
+    image, rec = rded.rded_class_image(cfg.recover.rded, observer, src, per_class[1], cfg.seed,
+                                       1, 1)  # fmt: skip
     block = rded.candidate_block(per_class[1], cfg.seed, 1, 1, 6)
     want = sorted(block.tolist(), reverse=True)[:4]
     assert rec["sources"] == want
     assert rec["scores"] == sorted(rec["scores"])  # best (lowest CE) first
     cells = [image[0, :4, :4], image[0, :4, 4:], image[0, 4:, :4], image[0, 4:, 4:]]
-    for cell, pos in zip(cells, want):
+    for cell, pos in zip(cells, want, strict=True):
         assert torch.allclose(cell, torch.full((4, 4), pos / 1000), atol=1e-6)
     # the score is the CE of class 1 on the padded normalised patch, by hand
     v = (want[0] / 1000 - 0.5) / 0.25 * 16 / 64  # mean of the 8x8 input: 4x4 patch, zero frame
@@ -189,12 +199,10 @@ def test_the_best_crop_of_an_image_is_the_one_the_observer_likes():
     cfg = config_from_dict(_rded_cfg(crops=6, candidates=4))
     src = Source()
     per_class = class_index(src.labels, 2)
-    _, rec = rded.rded_class_image(
-        cfg.recover.rded, BrightObserver(), src, per_class[1], cfg.seed, 0, 1, 8, MEAN, STD,
-        torch.device("cpu"),
-    )  # fmt: skip
+    observer = rded.Observer(BrightObserver(), 8, MEAN, STD, torch.device("cpu"))
+    _, rec = rded.rded_class_image(cfg.recover.rded, observer, src, per_class[1], cfg.seed, 0, 1)
     boxes = rded.square_crop_boxes(4, 6, 8, (0.08, 1.0), generator(cfg.seed, "rded-crops", 0, 1))
-    for src_pos, box in zip(rec["sources"], rec["boxes"]):
+    for src_pos, box in zip(rec["sources"], rec["boxes"], strict=True):
         row = list(rded.candidate_block(per_class[1], cfg.seed, 1, 0, 4)).index(src_pos)
 
         def bright(b):  # share of the crop inside the bright quadrant (the patch's mean)
@@ -211,12 +219,8 @@ def test_the_best_crop_of_an_image_is_the_one_the_observer_likes():
 
 
 def _slice(cfg, chunk_classes: int, slice_index: int = 0):
-    src = ConstantSource()
     cfg.recover.classes_per_batch = chunk_classes
-    return recover_slice(
-        cfg, slice_index, {"resnet18": BrightObserver()}, {}, src, class_index(src.labels, 2), 2,
-        ([0.5], [0.25]), torch.device("cpu"), log=lambda m: None,
-    )  # fmt: skip
+    return _recover(cfg, slice_index)
 
 
 def test_slices_are_deterministic_chunk_independent_and_use_disjoint_images():
@@ -240,9 +244,13 @@ def test_slices_are_deterministic_chunk_independent_and_use_disjoint_images():
 
 
 def test_config_defaults_keep_prism_and_refuse_what_rded_cannot_do():
-    assert RecoverConfig().synthesis == "optimize"
+    assert OptimizeRecover().synthesis == "optimize"
     with pytest.raises(UserError, match="needs an integer ipc"):
-        config_from_dict(_rded_cfg() | {"recover": {**_rded_cfg()["recover"], "pack": 2}})
+        config_from_dict(_rded_cfg() | {"recover": {**_rded_cfg()["recover"], "ipc": "all"}})
+    # an optimisation key cannot be written: RDED's recover section does not have it
+    for key, value in (("pack", 2), ("init_only", True), ("iterations", 10), ("bn_pool", [])):
+        with pytest.raises(UserError, match=rf"unknown key 'recover.{key}' \(recover.synthesis "):
+            config_from_dict(_rded_cfg() | {"recover": {**_rded_cfg()["recover"], key: value}})
     bad = _rded_cfg(candidates=3)
     with pytest.raises(UserError, match="candidates = 3 < factor"):
         config_from_dict(bad)
@@ -291,7 +299,7 @@ def test_baseline_configs_carry_rded():
         raw = yaml.safe_load((ROOT / "configs" / "baselines" / name).read_text())
         cfg = config_from_dict(raw)
         assert cfg.method == "RDED" and cfg.recover.synthesis == "rded"
-        assert cfg.recover.bn_always == [] and cfg.recover.bn_pool == []
+        assert cfg.recover.teacher_names() == ["resnet18"]  # the observer alone
         assert cfg.recover.rded.crops == 5 and tuple(cfg.recover.rded.crop_scale) == (0.08, 1.0)
         factor = cfg.recover.rded.factor
         assert cfg.relabel.shuffle_patches == factor
@@ -326,18 +334,18 @@ def test_shuffle_patches_moves_whole_strips_pixel_exact():
 
 
 def test_plan_shuffles_come_from_their_own_stream():
-    from prism_hpc.relabel.augment import make_epoch_plan
+    from prism_hpc.relabel.augment import PlanAugment, make_epoch_plan
 
-    off = make_epoch_plan(3, 1, 20, 16, 16, 8, (0.5, 1.0))
-    on = make_epoch_plan(3, 1, 20, 16, 16, 8, (0.5, 1.0), shuffle_patches=2)
+    off = make_epoch_plan(3, 1, 20, 16, 16, 8, PlanAugment((0.5, 1.0)))
+    on = make_epoch_plan(3, 1, 20, 16, 16, 8, PlanAugment((0.5, 1.0), shuffle_patches=2))
     assert off.shuffles is None and on.shuffles.shape == (20, 2, 2)
     for field in ("order", "crops", "flips", "perm", "lam", "boxes"):
         assert torch.equal(getattr(off, field), getattr(on, field)), field
     assert sorted(on.shuffles.view(-1, 2).tolist()) != [[0, 1]] * 40  # some visits do shuffle
     assert all(sorted(r) == [0, 1] for r in on.shuffles.view(-1, 2).tolist())
-    again = make_epoch_plan(3, 1, 20, 16, 16, 8, (0.5, 1.0), shuffle_patches=2)
+    again = make_epoch_plan(3, 1, 20, 16, 16, 8, PlanAugment((0.5, 1.0), shuffle_patches=2))
     assert torch.equal(on.shuffles, again.shuffles)
-    three = make_epoch_plan(3, 1, 50, 16, 16, 8, shuffle_patches=3).shuffles
+    three = make_epoch_plan(3, 1, 50, 16, 16, 8, PlanAugment(shuffle_patches=3)).shuffles
     assert all(sorted(r) == [0, 1, 2] for r in three.view(-1, 3).tolist())
 
 
@@ -360,7 +368,7 @@ def test_patch_labels_are_stored_and_the_student_sees_the_labelled_view(tmp_path
     from prism_hpc.store.distilled import DistilledSet
     from prism_hpc.store.softlabels import SoftLabelReader, fingerprint
     from prism_hpc.train.data import StepBatches, rank_pieces, step_loader
-    from tests.test_relabel import make_run, run_relabel
+    from tests.helpers import make_run, run_relabel
 
     cfg, run_dir = make_run(tmp_path, relabel={"shuffle_patches": 2, "crop_scale": [0.5, 1.0]},
                             students={"epochs": 1})  # fmt: skip
@@ -397,19 +405,14 @@ def test_patch_labels_are_stored_and_the_student_sees_the_labelled_view(tmp_path
 def test_a_restarted_slice_keeps_its_finished_chunks(tmp_path):
     """Progress files (the optimising path's restart state) carry RDED chunks too: a rerun
     loads them, logs it, and returns the same images and provenance."""
-    src = ConstantSource()
     cfg = config_from_dict(_rded_cfg())
     cfg.recover.classes_per_batch = 1
-    args = (
-        cfg, 0, {"resnet18": BrightObserver()}, {}, src, class_index(src.labels, 2), 2,
-        ([0.5], [0.25]), torch.device("cpu"),
-    )  # fmt: skip
-    first = recover_slice(*args, log=lambda m: None, progress_dir=tmp_path)
+    first = _recover(cfg, 0, log=lambda m: None, progress_dir=tmp_path)
     assert sorted(p.name for p in (tmp_path / "slice_00000").iterdir()) == [
         "chunk_0000.npz", "chunk_0001.npz"
     ]  # fmt: skip
     lines: list[str] = []
-    again = recover_slice(*args, log=lines.append, progress_dir=tmp_path)
+    again = _recover(cfg, 0, log=lines.append, progress_dir=tmp_path)
     assert lines == [f"slice 0 chunk {c}: finished before a restart, kept" for c in (0, 1)]
     assert np.array_equal(first["images"], again["images"])
     strip = ("peak_memory_mb",)

@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from prism_hpc.config.load import config_from_dict
-from prism_hpc.config.schema import RecoverConfig
+from prism_hpc.config.schema import OptimizeRecover
 from prism_hpc.recover.sampler import sample_roles
-from prism_hpc.recover.slices import slice_roles
+from prism_hpc.recover.schedules import slice_roles
 from prism_hpc.seeding import generator
 
 DRAWS = 10_000
 POOL = ["p1", "p2", "p3", "p4"]
 
 
-def _draws(cfg: RecoverConfig, n: int = DRAWS, seed: int = 0):
+def _draws(cfg: OptimizeRecover, n: int = DRAWS, seed: int = 0):
     g = generator(seed, "test-sampler")
     return [sample_roles(cfg, g) for _ in range(n)]
 
@@ -30,7 +30,7 @@ def _within(count: int, n: int, p: float, sigmas: float = 5.0) -> bool:
 
 @pytest.mark.parametrize("p", [0.5, 0.2])
 def test_include_prob_distribution(p):
-    cfg = RecoverConfig(logit_teacher="r", bn_always=["r"], bn_pool=POOL, include_prob=p)
+    cfg = OptimizeRecover(logit_teacher="r", bn_always=["r"], bn_pool=POOL, include_prob=p)
     draws = _draws(cfg)
     assert all(d.bn[0] == "r" and d.logit == "r" for d in draws)  # always set always in
     assert all(len(set(d.bn)) == len(d.bn) for d in draws)  # no repeats
@@ -46,7 +46,7 @@ def test_include_prob_distribution(p):
 
 
 def test_include_prob_k_max_respected_without_order_bias():
-    cfg = RecoverConfig(logit_teacher="r", bn_always=["r"], bn_pool=POOL, include_prob=0.9,
+    cfg = OptimizeRecover(logit_teacher="r", bn_always=["r"], bn_pool=POOL, include_prob=0.9,
                         k_max=2)  # fmt: skip
     draws = _draws(cfg)
     assert max(len(d.bn) - 1 for d in draws) == 2
@@ -58,7 +58,7 @@ def test_include_prob_k_max_respected_without_order_bias():
 
 @pytest.mark.parametrize("k_max", [1, 2, 4])
 def test_uniform_over_valid_subsets(k_max):
-    cfg = RecoverConfig(logit_teacher="r", bn_always=[], bn_pool=POOL, sampler="uniform",
+    cfg = OptimizeRecover(logit_teacher="r", bn_always=[], bn_pool=POOL, sampler="uniform",
                         k_max=k_max)  # fmt: skip
     draws = _draws(cfg)
     valid = [frozenset(c) for s in range(1, k_max + 1) for c in itertools.combinations(POOL, s)]
@@ -69,14 +69,14 @@ def test_uniform_over_valid_subsets(k_max):
 
 
 def test_uniform_with_always_set_adds_a_non_empty_pool_subset():
-    cfg = RecoverConfig(logit_teacher="r", bn_always=["r"], bn_pool=POOL, sampler="uniform",
+    cfg = OptimizeRecover(logit_teacher="r", bn_always=["r"], bn_pool=POOL, sampler="uniform",
                         k_max=2)  # fmt: skip
     draws = _draws(cfg, 2000)
     assert all(d.bn[0] == "r" and 1 <= len(d.bn) - 1 <= 2 for d in draws)
 
 
 def test_logit_pool_uniform_and_bn_include_logit():
-    cfg = RecoverConfig(logit_teacher=None, logit_pool=["a", "b", "c"], bn_include_logit=True,
+    cfg = OptimizeRecover(logit_teacher=None, logit_pool=["a", "b", "c"], bn_include_logit=True,
                         bn_always=[], bn_pool=["a", "b", "c", "d"], include_prob=0.5)  # fmt: skip
     draws = _draws(cfg)
     counts = Counter(d.logit for d in draws)
@@ -90,7 +90,7 @@ def test_logit_pool_uniform_and_bn_include_logit():
 
 
 def test_sampler_determinism():
-    cfg = RecoverConfig(logit_teacher=None, logit_pool=["a", "b"], bn_always=["r"],
+    cfg = OptimizeRecover(logit_teacher=None, logit_pool=["a", "b"], bn_always=["r"],
                         bn_pool=POOL, k_max=3)  # fmt: skip
     assert _draws(cfg, 200, seed=5) == _draws(cfg, 200, seed=5)
     assert _draws(cfg, 200, seed=5) != _draws(cfg, 200, seed=6)
@@ -129,7 +129,7 @@ def test_seed_changes_pre_roles():
 
 
 def test_generator_is_cpu_and_independent_of_global_rng():
-    cfg = RecoverConfig(logit_teacher="r", bn_always=["r"], bn_pool=POOL)
+    cfg = OptimizeRecover(logit_teacher="r", bn_always=["r"], bn_pool=POOL)
     torch.manual_seed(0)
     first = _draws(cfg, 50)
     torch.manual_seed(123)

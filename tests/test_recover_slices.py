@@ -13,16 +13,16 @@ from prism_hpc.config.load import config_from_dict
 from prism_hpc.data.sources import open_source, source_stats
 from prism_hpc.models.teachers import load_teacher
 from prism_hpc.recover import augment
-from prism_hpc.recover.loop import recovery_loss
+from prism_hpc.recover.loss import Part, recovery_loss
 from prism_hpc.recover.objective import bn_hooks
 from prism_hpc.recover.sampler import Roles
-from prism_hpc.recover.slices import class_chunks
+from prism_hpc.recover.schedules import chunks_of
 from prism_hpc.seeding import generator
 from prism_hpc.stages.recover import RecoverStage, slice_path
 from prism_hpc.store.shards import read_shard
 from prism_hpc.workflow import TaskEnv
 from tests.conftest import TINY, write_yaml
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 # Two teacher families at 16 px, squeezed by the pipeline's own stage: ~75% test top-1 each,
 # with converged BN running statistics (the 30-step tiny teachers' are not).
@@ -58,6 +58,9 @@ def _cfg(teachers: dict, **recover) -> dict:
 
 
 def test_class_chunks():
+    def class_chunks(num_classes: int, per_batch: int) -> list[list[int]]:
+        return chunks_of(list(range(num_classes)), per_batch)
+
     assert class_chunks(10, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert class_chunks(1000, 100)[-1] == list(range(900, 1000))
     assert class_chunks(3, 100) == [[0, 1, 2]]
@@ -94,7 +97,7 @@ def test_fmnist_logit_top1_and_bn_term_falls(tmp_path, fmnist_teachers):
         y = torch.arange(10)
         with bn_hooks(teachers, cfg.recover.first_bn_multiplier) as hooks, torch.no_grad():
             for x, out in ((x0, bn_before), (x1, bn_after)):
-                terms = [recovery_loss(x, y, roles, teachers, hooks, cfg.recover, d, False)[2]
+                terms = [recovery_loss(Part(x, y, roles, d), teachers, hooks, cfg.recover, False)[2]
                          for d in draws]  # fmt: skip
                 out.append(torch.stack(terms).mean().item())
         print(
@@ -103,7 +106,7 @@ def test_fmnist_logit_top1_and_bn_term_falls(tmp_path, fmnist_teachers):
             f"{first['bn']:.1f} -> {last['bn']:.1f}, CE {first['ce']:.3f} -> {last['ce']:.3f}"
         )
     assert np.mean(top1) >= 0.9, top1
-    assert all(a < 0.8 * b for a, b in zip(bn_after, bn_before)), (bn_before, bn_after)
+    assert all(a < 0.8 * b for a, b in zip(bn_after, bn_before, strict=True)), (bn_before, bn_after)
 
 
 def test_world_size_1_and_2_give_bit_identical_images(tmp_path, fmnist_teachers):
@@ -127,13 +130,13 @@ def test_world_size_1_and_2_give_bit_identical_images(tmp_path, fmnist_teachers)
                      "--backend", "local")  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     shards = {r: [read_shard(slice_path(tmp_path / f"ws{r}", s)) for s in range(2)] for r in (1, 2)}
-    for one, two in zip(shards[1], shards[2]):
+    for one, two in zip(shards[1], shards[2], strict=True):
         assert np.array_equal(one["images"], two["images"])
         assert np.array_equal(one["labels"], two["labels"])
         p1, p2 = one["provenance"], two["provenance"]
         assert (p1["world_size"], p2["world_size"]) == (1, 2)
         assert [c["rank"] for c in p2["chunks"]] == [0, 1, 0]  # chunks really were split
-        for c1, c2 in zip(p1["chunks"], p2["chunks"]):
+        for c1, c2 in zip(p1["chunks"], p2["chunks"], strict=True):
             assert c1["roles"] == c2["roles"] and c1["history"] == c2["history"]
             assert c1["roles_changes"] > 1  # intra: roles did change during the loop
     assert [p["provenance"]["iterations"] for p in shards[2]] == [16, 12]
@@ -142,19 +145,21 @@ def test_world_size_1_and_2_give_bit_identical_images(tmp_path, fmnist_teachers)
 
 
 def test_noise_init_is_keyed_by_slice_and_chunk(fmnist_teachers):
-    from prism_hpc.recover.slices import _init_images
+    from prism_hpc.recover.context import SliceContext
+    from prism_hpc.recover.schedules import init_images
 
     cfg = config_from_dict(_cfg(fmnist_teachers, init="noise"))
-    a = _init_images(cfg, None, None, 3, [0, 1], 1, None, None, torch.device("cpu"))[0]
-    b = _init_images(cfg, None, None, 3, [0, 1], 1, None, None, torch.device("cpu"))[0]
-    c = _init_images(cfg, None, None, 3, [0, 1], 2, None, None, torch.device("cpu"))[0]
+    ctx = SliceContext(cfg, {}, {}, None, [], ([0.5], [0.5]))
+    a = init_images(ctx, 3, 1, [0, 1])[0]
+    b = init_images(ctx, 3, 1, [0, 1])[0]
+    c = init_images(ctx, 3, 2, [0, 1])[0]
     assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == (2, 1, 16, 16)
 
 
 def test_a_killed_slice_resumes_at_its_last_finished_chunk(tmp_path, fmnist_teachers, monkeypatch):
     """A task killed after chunk 0 of 3 (preemption, time limit) keeps that chunk; the restart
     computes only chunks 1-2 and writes images bit-identical to an uninterrupted run."""
-    from prism_hpc.recover import slices
+    from prism_hpc.recover import schedules as slices  # where a chunk's loop is called
 
     cfg = config_from_dict(_cfg(
         fmnist_teachers, ipc=1, iterations=8, iteration_step=0, classes_per_batch=4, log_every=8,
@@ -162,7 +167,7 @@ def test_a_killed_slice_resumes_at_its_last_finished_chunk(tmp_path, fmnist_teac
     stage = RecoverStage()
     item = stage.items(cfg)[0]
     stage.run(cfg, item, TaskEnv(run_dir=tmp_path / "ref", log=lambda m: None))
-    real, calls = slices.recover_chunk, []
+    real, calls = slices.recover_units, []
 
     def killed_after_first_chunk(*args, **kwargs):
         if calls:
@@ -170,7 +175,7 @@ def test_a_killed_slice_resumes_at_its_last_finished_chunk(tmp_path, fmnist_teac
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(slices, "recover_chunk", killed_after_first_chunk)
+    monkeypatch.setattr(slices, "recover_units", killed_after_first_chunk)
     run = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         stage.run(cfg, item, TaskEnv(run_dir=run, log=lambda m: None))
@@ -179,7 +184,7 @@ def test_a_killed_slice_resumes_at_its_last_finished_chunk(tmp_path, fmnist_teac
         "chunk_0000.npz"
     ]
     counted = []
-    monkeypatch.setattr(slices, "recover_chunk", lambda *a, **k: counted.append(1) or real(*a, **k))
+    monkeypatch.setattr(slices, "recover_units", lambda *a, **k: counted.append(1) or real(*a, **k))
     stage.run(cfg, item, TaskEnv(run_dir=run, log=lambda m: None))
     assert len(counted) == 2  # chunks 1 and 2 only
     ref, resumed = read_shard(slice_path(tmp_path / "ref", 0)), read_shard(slice_path(run, 0))
@@ -211,18 +216,18 @@ def test_packed_task_equals_unpacked(tmp_path, fmnist_teachers, scope):
         shards[pack] = [read_shard(slice_path(tmp_path / f"p{pack}", s)) for s in range(3)]
     assert [s["provenance"]["iterations"] for s in shards[4]] == [10, 8, 6]
     assert shards[4][0]["provenance"]["pack"] == 4
-    for one, packed in zip(shards[1], shards[4]):
+    for one, packed in zip(shards[1], shards[4], strict=True):
         assert np.array_equal(one["labels"], packed["labels"])
         diff = np.abs(one["images"].astype(int) - packed["images"].astype(int))
         assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
         p1, p4 = one["provenance"], packed["provenance"]
         assert (p1["logit_teacher"], p1["bn_teachers"]) == (p4["logit_teacher"], p4["bn_teachers"])
         assert len(p1["chunks"]) == len(p4["chunks"]) == 3
-        for c1, c4 in zip(p1["chunks"], p4["chunks"]):
+        for c1, c4 in zip(p1["chunks"], p4["chunks"], strict=True):
             for key in ("chunk", "classes", "init_indices", "roles", "roles_changes"):
                 assert c1[key] == c4[key], key
             assert [e["step"] for e in c1["history"]] == [e["step"] for e in c4["history"]]
-            for e1, e4 in zip(c1["history"], c4["history"]):
+            for e1, e4 in zip(c1["history"], c4["history"], strict=True):
                 assert e4["ce"] == pytest.approx(e1["ce"], rel=1e-4, abs=1e-6)
                 assert e4["bn"] == pytest.approx(e1["bn"], rel=1e-4)
     assert [c["packed_with"] for c in shards[4][0]["provenance"]["chunks"]] == [4, 4, 4]
@@ -234,7 +239,7 @@ def test_packed_images_do_not_depend_on_world_size_or_restarts(
     """The packs are fixed by the task's slices (units in order, k at a time), not by the world
     size or by what a restart still has to do: 1 rank, 2 gloo ranks and a run killed after its
     first pack give bit-identical shards."""
-    from prism_hpc.recover import slices
+    from prism_hpc.recover import schedules as slices  # where a pack's loop is called
 
     cfg = _cfg(
         fmnist_teachers, ipc=2, slices_per_task=2, iterations=8, iteration_step=2,
@@ -249,7 +254,7 @@ def test_packed_images_do_not_depend_on_world_size_or_restarts(
     result = run_cli("submit", path, "--run-dir", tmp_path / "ws2", "--stages", "recover",
                      "--backend", "local")  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    real, calls = slices.recover_packed, []
+    real, calls = slices.recover_units, []
 
     def killed_after_first_pack(*args, **kwargs):
         if calls:
@@ -257,12 +262,12 @@ def test_packed_images_do_not_depend_on_world_size_or_restarts(
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(slices, "recover_packed", killed_after_first_pack)
+    monkeypatch.setattr(slices, "recover_units", killed_after_first_pack)
     with pytest.raises(KeyboardInterrupt):
         stage.run(one, item, TaskEnv(run_dir=tmp_path / "killed", log=lambda m: None))
     counted = []
     monkeypatch.setattr(
-        slices, "recover_packed", lambda *a, **k: counted.append(1) or real(*a, **k)
+        slices, "recover_units", lambda *a, **k: counted.append(1) or real(*a, **k)
     )
     stage.run(one, item, TaskEnv(run_dir=tmp_path / "killed", log=lambda m: None))
     assert len(counted) == 2  # 6 units, packs of 2: the first was kept

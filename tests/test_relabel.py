@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -11,10 +10,9 @@ import pytest
 import torch
 
 from prism_hpc.config.load import config_from_dict, deep_merge
-from prism_hpc.data.sources import FASHION_MNIST_STATS
 from prism_hpc.errors import UserError
-from prism_hpc.models.teachers import build_untrained, teacher_weights_path
 from prism_hpc.relabel.augment import (
+    PlanAugment,
     build_batch,
     crop_flip,
     make_epoch_plan,
@@ -25,82 +23,15 @@ from prism_hpc.relabel.offline import write_relabel_chunk
 from prism_hpc.stages.relabel import RelabelStage
 from prism_hpc.store.distilled import DistilledSet
 from prism_hpc.store.softlabels import SoftLabelReader, chunk_path, from_topk, to_topk
-from prism_hpc.workflow import TaskEnv
+from tests.helpers import BASE, make_run, run_relabel, write_distilled
 
 torch.set_num_threads(1)
 
-BASE = {
-    "name": "t",
-    "data": {"resolution": 16},
-    "teachers": {
-        "resnet18": {"arch": "resnet18", "width": 0.25, "weights": "squeeze"},
-        "mobilenet_v2": {"arch": "mobilenet_v2", "width": 0.25, "weights": "squeeze"},
-    },
-    "recover": {
-        "logit_teacher": "resnet18", "bn_always": ["resnet18"], "bn_pool": [],
-        "iterations": 10, "iteration_step": 0, "ipc": 2,
-    },
-    "relabel": {
-        "teachers": ["resnet18", "mobilenet_v2"], "batch_size": 4, "epochs_per_task": 2,
-    },
-    "students": {
-        "archs": ["resnet18"], "seeds": [0], "epochs": 3, "batch_size": 8, "width": 0.25,
-        "eval_every": 1, "eval_limit": 200, "eval_batch_size": 100, "eval_workers": 0,
-        "cpu_threads": 1,
-    },
-}  # fmt: skip
-
-
-_merge = deep_merge
-
-
-def write_distilled(path: Path, num_classes: int = 10, ipc: int = 2, res: int = 16, seed=0):
-    """A tiny distilled.h5 in the DESIGN §4 layout (random pixels)."""
-    rng = np.random.default_rng(seed)
-    n = num_classes * ipc
-    with h5py.File(path, "w") as f:
-        f.create_dataset("images", data=rng.integers(0, 256, (n, 1, res, res), dtype=np.uint8))
-        f.create_dataset("labels", data=np.repeat(np.arange(num_classes), ipc).astype(np.int64))
-        f.create_dataset("ipc_index", data=np.tile(np.arange(ipc), num_classes).astype(np.int32))
-        f.attrs["num_classes"] = num_classes
-        f.attrs["mean"] = FASHION_MNIST_STATS[0]
-        f.attrs["std"] = FASHION_MNIST_STATS[1]
-        f.attrs["class_names"] = [f"c{i}" for i in range(num_classes)]
-
-
-def make_run(tmp_path: Path, **sections) -> tuple:
-    """A fake run dir: config, random teachers saved as squeeze outputs, distilled.h5."""
-    cfg = config_from_dict(_merge(BASE, sections))
-    run_dir = tmp_path / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(cfg.teachers):
-        torch.manual_seed(100 + i)
-        model = build_untrained(cfg, cfg.teachers[name])
-        with torch.no_grad():  # non-trivial BN statistics so eval-mode logits vary
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.running_mean.uniform_(-0.2, 0.2)
-                    m.running_var.uniform_(0.5, 1.5)
-        path = teacher_weights_path(run_dir, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path)
-    write_distilled(run_dir / "distilled.h5", res=cfg.data.resolution)
-    return cfg, run_dir
-
-
-def run_relabel(cfg, run_dir: Path) -> None:
-    stage = RelabelStage()
-    env = TaskEnv(run_dir=run_dir, log=lambda m: None)
-    for item in stage.items(cfg):
-        stage.run(cfg, item, env)
-        assert stage.is_done(run_dir, item)
-
-
 # --------------------------------------------------------------------------- plans
 def test_plan_is_deterministic_and_valid():
-    a = make_epoch_plan(3, 7, 21, 16, 16, 8, (0.25, 1.0), True, "cutmix", 1.0)
-    b = make_epoch_plan(3, 7, 21, 16, 16, 8, (0.25, 1.0), True, "cutmix", 1.0)
-    c = make_epoch_plan(3, 8, 21, 16, 16, 8, (0.25, 1.0), True, "cutmix", 1.0)
+    a = make_epoch_plan(3, 7, 21, 16, 16, 8, PlanAugment((0.25, 1.0), True, "cutmix", 1.0))
+    b = make_epoch_plan(3, 7, 21, 16, 16, 8, PlanAugment((0.25, 1.0), True, "cutmix", 1.0))
+    c = make_epoch_plan(3, 8, 21, 16, 16, 8, PlanAugment((0.25, 1.0), True, "cutmix", 1.0))
     for field in ("order", "crops", "flips", "perm", "lam", "boxes"):
         assert torch.equal(getattr(a, field), getattr(b, field)), field
     assert not torch.equal(a.order, c.order)
@@ -117,9 +48,9 @@ def test_plan_is_deterministic_and_valid():
         assert sorted(a.perm[sl].tolist()) == list(range(sl.stop - sl.start))
         y0, y1, x0, x1 = a.boxes[bi].tolist()
         assert abs(float(a.lam[bi]) - (1 - (y1 - y0) * (x1 - x0) / 256)) < 1e-6
-    mix = make_epoch_plan(0, 0, 40, 16, 16, 10, mix="mixup", mix_alpha=0.4)
+    mix = make_epoch_plan(0, 0, 40, 16, 16, 10, PlanAugment(mix="mixup", mix_alpha=0.4))
     assert ((mix.lam >= 0) & (mix.lam <= 1)).all() and mix.boxes.abs().sum() == 0
-    none = make_epoch_plan(0, 0, 40, 16, 16, 10, mix="none", flip=False)
+    none = make_epoch_plan(0, 0, 40, 16, 16, 10, PlanAugment(mix="none", flip=False))
     assert (none.lam == 1).all() and not none.flips.any()
 
 
@@ -141,11 +72,11 @@ def test_crop_flip_identity_and_flip():
 
 
 def test_cutmix_box_comes_from_partner():
-    plan = make_epoch_plan(1, 0, 8, 16, 16, 8, mix="cutmix")
+    plan = make_epoch_plan(1, 0, 8, 16, 16, 8, PlanAugment(mix="cutmix"))
     imgs = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8)
     mean, std = torch.tensor([0.5]), torch.tensor([0.25])
     x, perm, lam = build_batch(imgs, plan, 0, mean, std)
-    plain = make_epoch_plan(1, 0, 8, 16, 16, 8, mix="cutmix")
+    plain = make_epoch_plan(1, 0, 8, 16, 16, 8, PlanAugment(mix="cutmix"))
     plain.mix = "none"
     ref, _, _ = build_batch(imgs, plain, 0, mean, std)
     y0, y1, x0, x1 = plan.boxes[0].tolist()
@@ -186,7 +117,7 @@ def test_ensemble_chunking_does_not_change_labels(tmp_path):
 
 # --------------------------------------------------------------------------- storage + replay
 def test_stage_items_and_modes():
-    cfg = config_from_dict(_merge(BASE, {"students": {"epochs": 5}}))
+    cfg = config_from_dict(deep_merge(BASE, {"students": {"epochs": 5}}))
     items = RelabelStage().items(cfg)
     assert [i.key for i in items] == ["epochs_0000-0001", "epochs_0002-0003", "epochs_0004-0004"]
     assert items[2].payload == {"epochs": [4, 5]}
@@ -194,7 +125,7 @@ def test_stage_items_and_modes():
     assert est["files"] == 3
     assert est["storage_bytes"] == 5 * 20 * (2 * 10 + 25)  # fp16 labels + plan parameters
     for mode in ("online", "none"):
-        other = config_from_dict(_merge(BASE, {"relabel": {"mode": mode}}))
+        other = config_from_dict(deep_merge(BASE, {"relabel": {"mode": mode}}))
         assert RelabelStage().items(other) == []
 
 
@@ -255,7 +186,8 @@ def test_topk_storage_round_trip(tmp_path):
 def test_fingerprint_mismatch_is_refused(tmp_path):
     cfg, run_dir = make_run(tmp_path, students={"epochs": 1})
     run_relabel(cfg, run_dir)
-    other = config_from_dict(_merge(BASE, {"students": {"epochs": 1}, "relabel": {"mix": "mixup"}}))
+    other = config_from_dict(deep_merge(BASE, {"students": {"epochs": 1},
+                                               "relabel": {"mix": "mixup"}}))  # fmt: skip
     distilled = DistilledSet(run_dir / "distilled.h5")
     with pytest.raises(UserError, match="another config"):
         SoftLabelReader(other, run_dir, distilled).epoch(0)
@@ -277,7 +209,7 @@ class _FakeEnsemble:
 def test_topk_is_at_least_5x_smaller_for_1000_classes(tmp_path):
     sizes = {}
     for storage in ("fp16", "topk"):
-        cfg = config_from_dict(_merge(BASE, {
+        cfg = config_from_dict(deep_merge(BASE, {
             "data": {"resolution": 8, "num_classes": 1000},
             "relabel": {"storage": storage, "topk": 10},
             "students": {"epochs": 2, "batch_size": 50},
@@ -310,5 +242,5 @@ def test_distilled_set_lazy_reads_match_memory(tmp_path):
 
 
 def test_crop_fallback_is_the_whole_square_image():
-    plan = make_epoch_plan(0, 0, 500, 16, 16, 50, (1.0, 1.0))  # most tries do not fit
+    plan = make_epoch_plan(0, 0, 500, 16, 16, 50, PlanAugment((1.0, 1.0)))  # most tries do not fit
     assert (plan.crops == torch.tensor([0, 0, 16, 16], dtype=torch.int32)).all()

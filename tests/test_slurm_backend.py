@@ -18,7 +18,7 @@ import pytest
 
 from prism_hpc.store.atomic import file_sha256
 from tests.conftest import write_yaml
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slurm
 
@@ -188,14 +188,13 @@ def test_shell_metacharacters_are_never_executed(tmp_path, tiny_cfg):
     assert all("prism_hpc.hpc.task" in c and "--array 0 0" in c for c in calls)
 
     from prism_hpc.config.load import config_from_dict
-    from prism_hpc.hpc.backends.slurm import _executor
+    from prism_hpc.hpc.backends.slurm import submitit_executor
     from prism_hpc.hpc.launch import plans_for
     from prism_hpc.stages import registry
-    from prism_hpc.store.rundir import RunDir
 
     cfg = config_from_dict(tiny_cfg)
     plan = plans_for(cfg, registry(), max_array_size=5)[1]
-    executor = _executor(RunDir(tmp_path / "r"), cfg, plan, tmp_path / "logs", "afterok:1")
+    executor = submitit_executor(cfg, plan.stage.name, plan.resources, tmp_path / "logs", "afterok:1")
     text = executor._make_submission_file_text("python -c pass", "uid")
     body = tmp_path / "submitit.sh"
     body.write_text(text.replace("srun ", "true "))

@@ -13,21 +13,16 @@ import time
 from pathlib import Path
 
 from tests.conftest import REPO, write_yaml
+from tests.helpers import with_canary_choice, write_stub
 
 CLI = [sys.executable, "-m", "prism_hpc.cli"]
 
 
 def _cli(*args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     full = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=full,
+    return subprocess.run([*CLI, *with_canary_choice(args, False)], capture_output=True,
+                          text=True, env=full,
                           timeout=timeout, check=False)  # fmt: skip
-
-
-def _stub(folder: Path, name: str, body: str) -> None:
-    folder.mkdir(exist_ok=True)
-    path = folder / name
-    path.write_text("#!/bin/bash\n" + body)
-    path.chmod(0o755)
 
 
 # --------------------------------------------------------------------- submission environment
@@ -105,12 +100,11 @@ def test_rendered_scripts_request_the_configured_signal(tmp_path, tiny_cfg):
     assert all("#SBATCH --open-mode=append" in t for t in text.values())
     assert (out / "logs" / "recover").is_dir()  # sbatch cannot create --output's folder
 
-    from prism_hpc.hpc.backends.slurm import _executor
-    from prism_hpc.store.rundir import RunDir
+    from prism_hpc.hpc.backends.slurm import submitit_executor
 
     cfg, plans = _plans(tiny_cfg)
     for stage, line, sig in (("recover", "USR1@120", "USR1"), ("collect", "USR2@12", "USR2")):
-        ex = _executor(RunDir(tmp_path / "r"), cfg, plans[stage], tmp_path / "logs", None)
+        ex = submitit_executor(cfg, stage, plans[stage].resources, tmp_path / "logs", None)
         sub = ex._make_submission_file_text("python -c pass", "uid")
         assert sub.count("#SBATCH --signal=") == 1 and f"#SBATCH --signal={line}\n" in sub
         assert f"export SUBMITIT_PREEMPT_SIGNAL={sig}\n" in sub
@@ -150,7 +144,7 @@ def test_eval_array_sbatch_renders_resources_train(tmp_path, tiny_cfg):
         assert f"#SBATCH {line}\n" in text, line
     assert "\nmodule load cuda/12.1\n" in text
     stub = tmp_path / "bin"
-    _stub(stub, "srun", 'echo "$@" >> "$SRUN_LOG"\n')
+    write_stub(stub, "srun", 'echo "$@" >> "$SRUN_LOG"\n')
     env = dict(os.environ, PATH=f"{stub}:{os.environ['PATH']}", SLURM_ARRAY_TASK_ID="2",
                SRUN_LOG=str(tmp_path / "srun.log"))  # fmt: skip
     script = str(out / "slurm" / "eval_array.sbatch")
@@ -166,8 +160,8 @@ def test_rendered_script_requeues_on_the_warning_signal(tmp_path, tiny_cfg):
     assert _cli("plan", write_yaml(tmp_path / "c.yaml", tiny_cfg), "--out", out).returncode == 0
     stub = tmp_path / "bin"
     log = tmp_path / "calls.log"
-    _stub(stub, "srun", f'echo "srun $*" >> {log}\nsleep 3\nexit 7\n')
-    _stub(stub, "scontrol", f'echo "scontrol $*" >> {log}\n')
+    write_stub(stub, "srun", f'echo "srun $*" >> {log}\nsleep 3\nexit 7\n')
+    write_stub(stub, "scontrol", f'echo "scontrol $*" >> {log}\n')
     env = dict(os.environ, PATH=f"{stub}:{os.environ['PATH']}", SLURM_ARRAY_TASK_ID="0",
                SLURM_JOB_ID="4711")  # fmt: skip
     proc = subprocess.Popen(["bash", str(out / "slurm" / "train.sbatch")], env=env,
@@ -196,8 +190,8 @@ def test_rendered_script_requeues_on_the_warning_signal(tmp_path, tiny_cfg):
 def _slurm_stubs(tmp_path: Path, sbatch_body: str) -> dict:
     """PATH with stub sbatch/scontrol (srun is the real one: submitit only looks for it)."""
     stub = tmp_path / "bin"
-    _stub(stub, "sbatch", sbatch_body)
-    _stub(stub, "scontrol", 'echo "MaxArraySize = 1001"\n')
+    write_stub(stub, "sbatch", sbatch_body)
+    write_stub(stub, "scontrol", 'echo "MaxArraySize = 1001"\n')
     return dict(os.environ, PATH=f"{stub}:{os.environ['PATH']}")
 
 
@@ -246,9 +240,9 @@ def _fake_cluster(tmp_path: Path, squeue_out: str) -> dict:
         'echo "Submitted batch job $n"\n'
     ))  # fmt: skip
     stub = tmp_path / "bin"
-    _stub(stub, "squeue", f'echo "squeue $*" >> {log}\ncat {tmp_path / "squeue.out"}\n')
-    _stub(stub, "scancel", f'echo "scancel $*" >> {log}\n')
-    _stub(stub, "sacct", "exit 1\n")
+    write_stub(stub, "squeue", f'echo "squeue $*" >> {log}\ncat {tmp_path / "squeue.out"}\n')
+    write_stub(stub, "scancel", f'echo "scancel $*" >> {log}\n')
+    write_stub(stub, "sacct", "exit 1\n")
     return env
 
 
@@ -301,7 +295,7 @@ def test_resubmit_refuses_without_a_scheduler_answer(tmp_path, tiny_cfg_pretrain
     env = _fake_cluster(tmp_path, "")
     assert _cli("submit", path, "--backend", "slurm", "--run-dir", run, "--stages", "recover",
                 env=env).returncode == 0  # fmt: skip
-    _stub(
+    write_stub(
         tmp_path / "bin",
         "squeue",
         'echo "squeue: error: Unable to contact slurm controller" >&2; exit 1\n',
@@ -319,7 +313,7 @@ def test_failing_scancel_is_one_line(tmp_path, tiny_cfg_pretrained):
     env = _fake_cluster(tmp_path, "")
     assert _cli("submit", path, "--backend", "slurm", "--run-dir", run, "--stages", "recover",
                 env=env).returncode == 0  # fmt: skip
-    _stub(tmp_path / "bin", "scancel",
+    write_stub(tmp_path / "bin", "scancel",
           "echo \"scancel: error: Unable to contact slurm controller\" >&2; exit 1\n")  # fmt: skip
     result = _cli("cancel", run, env=env)
     assert result.returncode == 1 and "Traceback" not in result.stderr

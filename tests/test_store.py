@@ -97,3 +97,97 @@ def test_collect_names_missing_slices(tmp_path):
     with pytest.raises(MissingSlices, match=r"missing or invalid slice\(s\): 1, 3"):
         collect_shards(shards, 4, tmp_path / "distilled.h5", {})
     assert not (tmp_path / "distilled.h5").exists()
+
+
+# --------------------------------------------------------------------------- run directories
+def _tiny_config():
+    from prism_hpc.config.load import config_from_dict
+    from tests.conftest import TINY
+
+    return config_from_dict(TINY)
+
+
+def _index(staged) -> None:
+    (staged.root / "data_index").mkdir()
+    (staged.root / "data_index" / "train.json.gz").write_bytes(b"x")
+
+
+def test_an_existing_empty_run_dir_keeps_its_mode_and_group(tmp_path):
+    """A folder made for the run (group-owned, setgid, its own mode) is filled, not replaced:
+    replacing it would drop its group, setgid bit and ACLs."""
+    import os
+    import stat
+
+    from prism_hpc.errors import UserError
+    from prism_hpc.store.rundir import new_run_dir
+
+    target = tmp_path / "shared"
+    target.mkdir()
+    group = 4242 if os.geteuid() == 0 else os.getgroups()[-1]
+    os.chown(target, -1, group)
+    os.chmod(target, 0o2770)
+    rd = new_run_dir(_tiny_config(), target, {"name": "tiny"}, build=_index)
+    assert rd.root == target
+    info = target.stat()
+    assert (stat.S_IMODE(info.st_mode), info.st_gid) == (0o2770, group)
+    assert sorted(p.name for p in target.iterdir()) == [
+        "config.input.yaml", "config.yaml", "data_index", "provenance.json"]  # fmt: skip
+    assert (target / "config.yaml").stat().st_gid == group  # made inside: the group inherited
+    assert (target / "data_index").stat().st_mode & stat.S_ISGID
+    with pytest.raises(UserError, match=r"run directory exists; use --resume"):
+        new_run_dir(_tiny_config(), target, {"name": "tiny"})
+
+
+def test_a_refused_build_inside_an_existing_dir_leaves_it_empty(tmp_path):
+    from prism_hpc.store.rundir import new_run_dir
+
+    target = tmp_path / "shared"
+    target.mkdir(mode=0o2775)
+
+    def refuse(staged):
+        _index(staged)
+        raise RuntimeError("broken image")
+
+    with pytest.raises(RuntimeError):
+        new_run_dir(_tiny_config(), target, {}, build=refuse)
+    assert target.is_dir() and list(target.iterdir()) == []
+    new_run_dir(_tiny_config(), target, {})  # and it is still usable
+    assert (target / "config.yaml").is_file()
+
+
+def test_a_mount_point_can_be_the_run_dir(tmp_path):
+    """Renaming a temp folder onto a mount point fails (EBUSY): the run is built inside it."""
+    import subprocess
+
+    from prism_hpc.store.rundir import new_run_dir
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.strip()}")
+    try:
+        new_run_dir(_tiny_config(), mnt, {"name": "tiny"}, build=_index)
+        assert (mnt / "config.yaml").is_file() and (mnt / "data_index").is_dir()
+        assert not [p for p in mnt.iterdir() if ".tmp-" in p.name]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_non_empty_run_dir_is_refused_in_one_line(tmp_path, tiny_cfg):
+    from tests.conftest import write_yaml
+    from tests.helpers import run_cli
+
+    tiny_cfg["squeeze"]["enabled"] = False
+    for spec in tiny_cfg["teachers"].values():
+        spec["weights"] = "random"
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine\n")
+    result = run_cli("submit", write_yaml(tmp_path / "c.yaml", tiny_cfg), "--run-dir", target)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"prism-hpc: error: {target}: run directory exists; use --resume {target} to continue it"
+    )
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]

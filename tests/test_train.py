@@ -10,24 +10,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prism_hpc.config.load import config_from_dict
+from prism_hpc.config.load import config_from_dict, deep_merge
 from prism_hpc.errors import UserError
 from prism_hpc.metrics.results import aggregate, results_csv, results_markdown, write_results
 from prism_hpc.stages.train import TrainStage
 from prism_hpc.store.rundir import student_dir
 from prism_hpc.train import losses, schedules
+from prism_hpc.train.checkpoint import load_checkpoint
 from prism_hpc.train.ema import ModelEMA
 from prism_hpc.train.evaluate import EvalData
-from prism_hpc.train.trainer import (
-    StopTraining,
-    clear_stop,
-    load_checkpoint,
-    param_groups,
-    request_stop,
-    train_student,
-)
+from prism_hpc.train.loop import StopTraining, TrainHooks
+from prism_hpc.train.student import param_groups
+from prism_hpc.train.trainer import train_student
 from prism_hpc.workflow import TaskEnv
-from tests.test_relabel import BASE, _merge, make_run, run_relabel
+from tests.helpers import BASE, make_run, run_relabel
 
 torch.set_num_threads(1)
 
@@ -56,11 +52,11 @@ def test_losses_match_hand_computation():
         return [u / sum(e) for u in e]
 
     total = kl_total = 0.0
-    for si, ti in zip(s.tolist(), t.tolist()):
+    for si, ti in zip(s.tolist(), t.tolist(), strict=True):
         q = sm([u / 2 for u in ti])
         p = sm([u / 2 for u in si])
-        total += -sum(qi * math.log(pi) for qi, pi in zip(q, p))
-        kl_total += sum(qi * math.log(qi / pi) for qi, pi in zip(q, p))
+        total += -sum(qi * math.log(pi) for qi, pi in zip(q, p, strict=True))
+        kl_total += sum(qi * math.log(qi / pi) for qi, pi in zip(q, p, strict=True))
     assert losses.soft_ce(s, t, 2.0).item() == pytest.approx(4 * total / 2, rel=1e-6)
     assert losses.kl(s, t, 2.0).item() == pytest.approx(4 * kl_total / 2, rel=1e-5)
     assert losses.kl(t, t, 3.0).item() == pytest.approx(0.0, abs=1e-6)
@@ -117,10 +113,11 @@ def test_weight_decay_only_on_matrices_and_ema():
 
 
 def test_hard_label_mode_needs_ce():
-    cfg = config_from_dict(_merge(BASE, {"relabel": {"mode": "none"}}))
+    cfg = config_from_dict(deep_merge(BASE, {"relabel": {"mode": "none"}}))
     with pytest.raises(UserError, match="students.loss: ce"):
         TrainStage().items(cfg)
-    ok = config_from_dict(_merge(BASE, {"relabel": {"mode": "none"}, "students": {"loss": "ce"}}))
+    ok = config_from_dict(deep_merge(BASE, {"relabel": {"mode": "none"},
+                                            "students": {"loss": "ce"}}))  # fmt: skip
     assert [i.key for i in TrainStage().items(ok)] == ["resnet18-seed0"]
 
 
@@ -135,47 +132,37 @@ def test_resume_after_kill_gives_identical_metrics(tmp_path):
     cfg, run_dir = make_run(tmp_path, students={"ema": 0.9, "grad_accum": 2})
     run_relabel(cfg, run_dir)
     eval_data = EvalData(cfg, cfg.students.eval_limit)
-    log = lambda m: None
-    whole = train_student(cfg, run_dir, "resnet18", 0, tmp_path / "a", log=log, eval_data=eval_data)
+    env = TaskEnv(run_dir, log=lambda m: None)
+    hooks = TrainHooks(eval_data=eval_data)
+    whole = train_student(cfg, env, "resnet18", 0, tmp_path / "a", hooks)
     assert [e["epoch"] for e in whole["evals"]] == [1, 2, 3]
     with pytest.raises(StopTraining):
-        train_student(cfg, run_dir, "resnet18", 0, tmp_path / "b", log=log,
-                      stop_after_epoch=1, eval_data=eval_data)  # fmt: skip
+        train_student(cfg, env, "resnet18", 0, tmp_path / "b",
+                      TrainHooks(eval_data=eval_data, stop_after_epoch=1))  # fmt: skip
     assert load_checkpoint(tmp_path / "b" / "ckpt.pt")["epoch"] == 1
-    resumed = train_student(cfg, run_dir, "resnet18", 0, tmp_path / "b", log=log,
-                            eval_data=eval_data)  # fmt: skip
+    resumed = train_student(cfg, env, "resnet18", 0, tmp_path / "b", hooks)
     _same_metrics(whole, resumed)
     a = load_checkpoint(tmp_path / "a" / "ckpt.pt")
     b = load_checkpoint(tmp_path / "b" / "ckpt.pt")
     for key in ("model", "ema"):
         for name, value in a[key].items():
             assert torch.equal(value, b[key][name]), (key, name)
-    # a preemption request stops at the next epoch boundary, after the checkpoint
-    request_stop()
-    try:
-        with pytest.raises(StopTraining):
-            train_student(cfg, run_dir, "resnet18", 0, tmp_path / "c", log=log,
-                          eval_data=eval_data)  # fmt: skip
-    finally:
-        clear_stop()
-    assert not (tmp_path / "c" / "ckpt.pt").exists()  # stopped before the first epoch
 
 
 def test_online_and_hard_label_modes_train(tmp_path):
     cfg, run_dir = make_run(tmp_path, relabel={"mode": "online"},
                             students={"epochs": 2, "eval_every": 5})  # fmt: skip
     eval_data = EvalData(cfg, 100)
-    m = train_student(cfg, run_dir, "resnet18", 1, tmp_path / "on", log=lambda s: None,
-                      eval_data=eval_data)  # fmt: skip
+    env, hooks = TaskEnv(run_dir, log=lambda s: None), TrainHooks(eval_data=eval_data)
+    m = train_student(cfg, env, "resnet18", 1, tmp_path / "on", hooks)
     assert [e["epoch"] for e in m["evals"]] == [2]  # only the end with eval_every > epochs
     assert m["relabel_mode"] == "online" and 0 <= m["final"]["top1"] <= 1
-    hard = config_from_dict(_merge(BASE, {
+    hard = config_from_dict(deep_merge(BASE, {
         "relabel": {"mode": "none"},
         "students": {"loss": "ce", "epochs": 2, "optimizer": "sgd", "lr": 0.01,
                      "schedule": "cosine", "ce_target": "mixed"},
     }))  # fmt: skip
-    h = train_student(hard, run_dir, "resnet18", 0, tmp_path / "hard", log=lambda s: None,
-                      eval_data=eval_data)  # fmt: skip
+    h = train_student(hard, env, "resnet18", 0, tmp_path / "hard", hooks)
     assert h["loss"] == "ce" and h["final"]["top5"] >= h["final"]["top1"]
 
 
@@ -235,8 +222,8 @@ def _ddp_worker(rank, world, port, cfg_dict, run_dir, out):
                             world_size=world)  # fmt: skip
     try:
         cfg = config_from_dict(cfg_dict)
-        train_student(cfg, run_dir, "resnet18", 0, out, rank=rank, world_size=world,
-                      log=lambda m: None)  # fmt: skip
+        env = TaskEnv(run_dir, rank=rank, world_size=world, log=lambda m: None)
+        train_student(cfg, env, "resnet18", 0, out)
     finally:
         dist.destroy_process_group()
 
@@ -253,11 +240,11 @@ def test_ddp_two_ranks_matches_grad_accumulation(tmp_path):
              "students": {"epochs": 1, "eval_limit": 50, "optimizer": "sgd", "lr": 0.05,
                           "sync_bn": False}}  # fmt: skip
     _cfg, run_dir = make_run(tmp_path, **extra)
-    cfg_dict = _merge(BASE, extra)
+    cfg_dict = deep_merge(BASE, extra)
     mp.start_processes(_ddp_worker, args=(2, free_port(), cfg_dict, run_dir, tmp_path / "ddp"),
                        nprocs=2, start_method="spawn")  # fmt: skip
-    single = config_from_dict(_merge(cfg_dict, {"students": {"grad_accum": 2}}))
-    train_student(single, run_dir, "resnet18", 0, tmp_path / "one", log=lambda m: None)
+    single = config_from_dict(deep_merge(cfg_dict, {"students": {"grad_accum": 2}}))
+    train_student(single, TaskEnv(run_dir, log=lambda m: None), "resnet18", 0, tmp_path / "one")
     a = load_checkpoint(tmp_path / "ddp" / "ckpt.pt")["model"]
     b = load_checkpoint(tmp_path / "one" / "ckpt.pt")["model"]
     weights = [k for k, v in a.items() if v.is_floating_point() and "running" not in k]
@@ -268,7 +255,7 @@ def test_ddp_two_ranks_matches_grad_accumulation(tmp_path):
 
 
 def test_eval_loader_path_matches_in_memory():
-    cfg = config_from_dict(_merge(BASE, {}))
+    cfg = config_from_dict(deep_merge(BASE, {}))
     mem = EvalData(cfg, 64)
     loader = EvalData(cfg, 64)
     loader._pixels = None  # the ImageFolder path: a DataLoader over the source

@@ -7,10 +7,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from prism_hpc.config.load import config_from_dict
+from prism_hpc.config.load import config_from_dict, deep_merge
+from prism_hpc.train.checkpoint import load_checkpoint
 from prism_hpc.train.data import rank_pieces
-from prism_hpc.train.trainer import load_checkpoint, train_student
-from tests.test_relabel import BASE, _merge, make_run
+from prism_hpc.train.loop import TrainHooks
+from prism_hpc.train.trainer import train_student
+from prism_hpc.workflow import TaskEnv
+from tests.helpers import BASE, make_run
 
 # hard labels and SGD: nothing but the batch split and BatchNorm can differ (Adam would hide a
 # wrong gradient scale); batches of 8, 8, 4 images in 2 micro-batches each
@@ -51,8 +54,9 @@ def _worker(rank, world, port, cfg_dict, run_dir, out, grads_path):
                             world_size=world)  # fmt: skip
     try:
         grads: dict = {}
-        train_student(config_from_dict(cfg_dict), run_dir, "resnet18", 0, out, rank=rank,
-                      world_size=world, log=lambda m: None, step_hook=_grads_hook(grads))  # fmt: skip
+        env = TaskEnv(run_dir, rank=rank, world_size=world, log=lambda m: None)
+        train_student(config_from_dict(cfg_dict), env, "resnet18", 0, out,
+                      TrainHooks(step_hook=_grads_hook(grads)))  # fmt: skip
         if rank == 0:
             torch.save(grads, grads_path)
     finally:
@@ -68,19 +72,19 @@ def test_two_ranks_equal_one_rank_with_the_same_bn_batch(tmp_path, sync_bn=True)
 
     from prism_hpc.hpc.distributed import free_port
 
-    extra = _merge(EXTRA, {"students": {"sync_bn": sync_bn}})
+    extra = deep_merge(EXTRA, {"students": {"sync_bn": sync_bn}})
     if not sync_bn:
-        extra = _merge(extra, {"students": {"grad_accum": 1}})
+        extra = deep_merge(extra, {"students": {"grad_accum": 1}})
     _cfg, run_dir = make_run(tmp_path, **extra)
-    cfg_dict = _merge(BASE, extra)
+    cfg_dict = deep_merge(BASE, extra)
     mp.start_processes(
         _worker, args=(2, free_port(), cfg_dict, run_dir, tmp_path / "ddp", tmp_path / "g2.pt"),
         nprocs=2, start_method="spawn",
     )  # fmt: skip
     one: dict = {}
-    single = config_from_dict(_merge(cfg_dict, {"students": {"grad_accum": 2}}))
-    train_student(single, run_dir, "resnet18", 0, tmp_path / "one", log=lambda m: None,
-                  step_hook=_grads_hook(one))  # fmt: skip
+    single = config_from_dict(deep_merge(cfg_dict, {"students": {"grad_accum": 2}}))
+    train_student(single, TaskEnv(run_dir, log=lambda m: None), "resnet18", 0, tmp_path / "one",
+                  TrainHooks(step_hook=_grads_hook(one)))  # fmt: skip
     two = torch.load(tmp_path / "g2.pt", weights_only=True)
     assert sorted(two) == sorted(one) == [0, 1]
     for b in (0, 1):

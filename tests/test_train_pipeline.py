@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from prism_hpc.config.load import config_from_dict
+from prism_hpc.config.load import config_from_dict, deep_merge
 from prism_hpc.errors import UserError
 from prism_hpc.relabel.augment import build_batch
 from prism_hpc.stages.train import TrainStage
@@ -20,8 +20,10 @@ from prism_hpc.train import losses
 from prism_hpc.train.checks import student_pairs
 from prism_hpc.train.data import StepBatches, rank_pieces, step_loader
 from prism_hpc.train.evaluate import EvalData
+from prism_hpc.train.loop import TrainHooks
 from prism_hpc.train.trainer import evaluate_checkpoint, train_student
-from tests.test_relabel import BASE, _merge, make_run, run_relabel
+from prism_hpc.workflow import TaskEnv
+from tests.helpers import BASE, make_run, run_relabel
 
 torch.set_num_threads(1)
 
@@ -36,7 +38,7 @@ def test_mae_gt_matches_hand_computation():
     assert losses.student_loss("mae_gt", s, t, y, ce_weight=0.1).item() == pytest.approx(
         1.0 + 0.1 * ce, rel=1e-6
     )
-    cfg = config_from_dict(_merge(BASE, {"relabel": {"mode": "none"},
+    cfg = config_from_dict(deep_merge(BASE, {"relabel": {"mode": "none"},
                                          "students": {"loss": "mae_gt"}}))  # fmt: skip
     with pytest.raises(UserError, match="needs soft labels"):
         TrainStage().items(cfg)
@@ -77,8 +79,8 @@ def test_progress_file_log_lines_and_status(tmp_path):
     lines: list[str] = []
     out = student_dir(run_dir, "resnet18", 0)
     shown: list[dict] = []
-    m = train_student(cfg, run_dir, "resnet18", 0, out, log=lines.append,
-                      eval_data=EvalData(cfg, 50), progress=shown.append)  # fmt: skip
+    m = train_student(cfg, TaskEnv(run_dir, log=lines.append, progress=shown.append),
+                      "resnet18", 0, out, TrainHooks(eval_data=EvalData(cfg, 50)))  # fmt: skip
     # the display callback: each progress line, then the end of each epoch
     assert [d["epoch"] for d in shown] == ["0+1/3", "0+2/3", 1, "1+1/3", "1+2/3", 2]
     step_lines = [s for s in lines if " step " in s]
@@ -90,7 +92,7 @@ def test_progress_file_log_lines_and_status(tmp_path):
     assert info["loss"] == pytest.approx(m["train"][-1]["loss"], abs=1e-6)
     assert info["images_per_s"] > 0 and info["lr"] == m["train"][-1]["lr"]
 
-    from prism_hpc.hpc.status import _student_line, student_progress
+    from prism_hpc.stages.train import _student_line, student_progress
 
     found = student_progress(run_dir)
     assert [f["student"] for f in found] == ["resnet18/seed0"]
@@ -105,7 +107,7 @@ def test_evaluate_checkpoint_without_training(tmp_path):
                                   for i in TrainStage().items(cfg)]  # fmt: skip
     with pytest.raises(UserError, match="no checkpoint"):
         evaluate_checkpoint(cfg, run_dir, "resnet18", 0, log=lambda m: None)
-    m = train_student(cfg, run_dir, "resnet18", 0, log=lambda m: None)
+    m = train_student(cfg, TaskEnv(run_dir, log=lambda m: None), "resnet18", 0)
     out = student_dir(run_dir, "resnet18", 0)
     ckpt_bytes = (out / "ckpt.pt").read_bytes()
     (run_dir / "config.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))
@@ -128,15 +130,16 @@ def test_eval_scripts_run_the_evaluation_entry_point(tmp_path, tiny_cfg):
     from prism_hpc.hpc.launch import plans_for
     from prism_hpc.hpc.scripts import write_scripts
     from prism_hpc.stages import registry
-    from tests.test_slurm_scripts import REPO, _stub
+    from tests.conftest import REPO
+    from tests.helpers import write_stub
 
     tiny_cfg["students"]["seeds"] = [0, 1, 2]
     out = tmp_path / "dry"
     cfg = config_from_dict(tiny_cfg)
     write_scripts(cfg, plans_for(cfg, registry(), estimates=False), out / "slurm", out)
     stub = tmp_path / "bin"
-    _stub(stub, "py", 'echo "py $@" >> "$CALLS"\n')
-    _stub(stub, "srun", 'echo "srun $@" >> "$CALLS"\n')
+    write_stub(stub, "py", 'echo "py $@" >> "$CALLS"\n')
+    write_stub(stub, "srun", 'echo "srun $@" >> "$CALLS"\n')
     env = dict(os.environ, PATH=f"{stub}:{os.environ['PATH']}", SLURM_ARRAY_TASK_ID="2",
                CALLS=str(tmp_path / "calls"), PRISM_PYTHON=str(stub / "py"))  # fmt: skip
     script = str(out / "slurm" / "eval_array.sbatch")
@@ -152,7 +155,7 @@ def test_eval_scripts_run_the_evaluation_entry_point(tmp_path, tiny_cfg):
 
 
 def test_fused_optimizer_rides_with_channels_last_and_keeps_the_losses(tmp_path):
-    from prism_hpc.train.trainer import make_optimizer, use_fused_optimizer
+    from prism_hpc.train.student import make_optimizer, use_fused_optimizer
 
     cpu = torch.device("cpu")
     plain, _ = make_run(tmp_path / "a", relabel={"mode": "online"},
@@ -170,8 +173,9 @@ def test_fused_optimizer_rides_with_channels_last_and_keeps_the_losses(tmp_path)
         cfg, run_dir = make_run(tmp_path / f"f{fused}", relabel={"mode": "online"},
                                 students={"epochs": 2, "workers": 0, "fused_optimizer": fused})  # fmt: skip
         lines: list[str] = []
-        m = train_student(cfg, run_dir, "resnet18", 0, tmp_path / f"out{fused}", log=lines.append,
-                          eval_data=EvalData(cfg, 50))  # fmt: skip
+        hooks = TrainHooks(eval_data=EvalData(cfg, 50))
+        m = train_student(cfg, TaskEnv(run_dir, log=lines.append), "resnet18", 0,
+                          tmp_path / f"out{fused}", hooks)
         runs[fused] = [e["loss"] for e in m["train"]]
         assert ("fused optimizer" in lines[0]) is fused
     # the fused kernel sums in another order, nothing else: the losses agree to rounding

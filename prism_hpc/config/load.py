@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import ValidationError
 
-from prism_hpc.config.schema import Config
+from prism_hpc.config.schema import DEFAULT_SYNTHESIS, Config
 from prism_hpc.errors import UserError
 
 # `recover.preset: official` fills these in unless the YAML sets them (docs/recover.md).
@@ -113,7 +114,11 @@ def _apply(data: dict, path: list[str], value: Any, source: str) -> None:
 
 def _apply_presets(data: dict) -> None:
     recover = data.get("recover")
-    if isinstance(recover, dict) and recover.get("preset") == "official":
+    if (
+        isinstance(recover, dict)
+        and recover.get("synthesis", DEFAULT_SYNTHESIS) == DEFAULT_SYNTHESIS  # a preset of the loop
+        and recover.get("preset") == "official"
+    ):
         for key, value in OFFICIAL_RECOVER.items():
             recover.setdefault(key, copy.deepcopy(value))
 
@@ -142,20 +147,51 @@ def _existing_prefix(data: Any, loc: tuple) -> tuple:
     return loc
 
 
+@cache
+def _tagged_unions() -> dict[str, tuple[str, str, tuple[str, ...]]]:
+    """Config fields that are tagged unions -> (discriminator, default tag, every tag)."""
+    out = {}
+    for name, field in Config.model_fields.items():
+        if isinstance(field.discriminator, str):
+            members = get_args(field.annotation)
+            tags = tuple(m.model_fields[field.discriminator].default for m in members)
+            default = getattr(field.default_factory(), field.discriminator)
+            out[name] = (field.discriminator, default, tags)
+    return out
+
+
+def _member(loc: tuple) -> tuple[tuple, str | None]:
+    """`loc` without the union member's tag pydantic puts after a tagged union's field (the
+    user never writes it), and that tag when it is not the default member's."""
+    union = _tagged_unions().get(loc[0]) if loc else None
+    if union is None or len(loc) < 2 or loc[1] not in union[2]:
+        return loc, None
+    return (loc[0], *loc[2:]), None if loc[1] == union[1] else f"{union[0]} {loc[1]}"
+
+
 def format_validation_error(err: ValidationError, data: dict, source: str) -> str:
     """First problem of a pydantic error as `file: key.path = value: what was expected`."""
     first = err.errors()[0]
     loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    loc, member = _member(loc)
     if first["type"] not in ("extra_forbidden", "missing"):
         loc = _existing_prefix(data, loc)  # drop union-member tags such as 'constrained-int'
     key = ".".join(str(p) for p in loc) or "<top level>"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{key}' (check the spelling; see README 'Config reference')"
+        where = f"{loc[0]}.{member} has no such key; " if member else ""
+        return (f"{source}: unknown key '{key}' ({where}check the spelling; see README "
+                "'Config reference')")  # fmt: skip
     if first["type"] == "missing":
         return f"{source}: missing required key '{key}'"
+    if first["type"] == "union_tag_invalid":  # e.g. recover.synthesis: foo
+        ctx = first["ctx"]
+        return (f"{source}: {key}.{ctx['discriminator'].strip(chr(39))} = {ctx['tag']!r}: "
+                f"expected one of {ctx['expected_tags']}")  # fmt: skip
+    if first["type"] == "duplicate":  # common.Unique
+        return f"{source}: {key} {msg}"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    if not loc:  # a check across sections: its message names the keys itself
+    if not loc or msg.startswith(f"{key}."):  # the message names the keys itself
         return f"{source}: {msg}{more}"
     value = _value_at(data, loc)
     shown = "" if isinstance(value, dict) else f" = {value!r}"

@@ -1,12 +1,18 @@
-"""The recover section: how each IPC slice's images are made (PRISM and its baselines)."""
+"""The recover section: how each IPC slice's images are made (PRISM and its baselines).
+
+`synthesis` picks the method family and with it the keys that exist: `optimize` (PRISM,
+SRe2L, CDA, DELT, G-VBSM, EDC: the recovery loop) or `rded` (scored real crops, stitched). A
+key of the other family is an unknown key, so a combination that means nothing cannot be
+written; the checks left in the validators are about values.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from prism_hpc.config.common import CropScale, Strict
+from prism_hpc.config.common import CropScale, Strict, Unique
 
 
 class AugmentConfig(Strict):
@@ -88,25 +94,50 @@ class MatchingConfig(Strict):
         return self.enabled and (self.conv or self.class_aware)
 
 
-class RecoverConfig(Strict):
-    preset: Literal["clean", "official"] = "clean"
-    matching: MatchingConfig = Field(default_factory=MatchingConfig)  # G-VBSM / EDC
-    # How a slice's images are made: `optimize` (PRISM, SRe2L, CDA, DELT: the recovery loop)
-    # or `rded` (scored real crops stitched, no optimisation; the `rded` block)
-    synthesis: Literal["optimize", "rded"] = "optimize"
-    rded: RdedConfig = Field(default_factory=RdedConfig)
+class RecoverBase(Strict):
+    """What every synthesis method has: which IPC slices, how a task's work is cut, the task's
+    threads. The methods below add their own keys and say which teachers they load."""
+
+    synthesis: str
     # images per class; `all`: identical-size distillation (every real image once: slice i
     # holds the classes with more than i images, so slices shrink instead of stopping at the
     # smallest class)
     ipc: Annotated[int, Field(ge=1)] | Literal["all"] = 50
     ipc_start: int = Field(0, ge=0)
     slices_per_task: int = Field(1, ge=1)
+    classes_per_batch: int = Field(100, ge=1)  # classes of one chunk of a slice
+    logit_teacher: str | None = "resnet18"
+    log_every: int = Field(100, ge=1)
+    # CPU intra-op threads per rank. Fixed (not "all cores") because conv backward differs in
+    # the last bits between thread counts, which would make images depend on the world size.
+    cpu_threads: int = Field(1, ge=1)
+    deterministic: bool = True  # cuDNN deterministic kernels on GPU
+
+    def teacher_names(self) -> list[str]:
+        """Every model a recover task loads, in a fixed order."""
+        raise NotImplementedError
+
+    def iterations_for(self, ipc_index: int) -> int:
+        """Optimisation steps of IPC slice `ipc_index` (its budget T_i)."""
+        raise NotImplementedError
+
+    def ranker_name(self) -> str | None:
+        """The rank stage's model; None: the initial images are not ranked (no rank item)."""
+        return None
+
+
+class OptimizeRecover(RecoverBase):
+    """The recovery loop: Adam on the pixels against CE + BN-statistics alignment (PRISM,
+    SRe2L, CDA, DELT) or statistic matching (G-VBSM, EDC); docs/recover.md."""
+
+    synthesis: Literal["optimize"] = "optimize"
+    preset: Literal["clean", "official"] = "clean"
+    matching: MatchingConfig = Field(default_factory=MatchingConfig)  # G-VBSM / EDC
     iterations: int = Field(4000, ge=1)
     iteration_step: int = Field(500, ge=0)  # T_i = iterations - step * (i mod period)
     iteration_period: int = Field(8, ge=1)
     lr: float = Field(0.05, gt=0)
     betas: tuple[float, float] = (0.5, 0.9)
-    classes_per_batch: int = Field(100, ge=1)
     r_bn: float = Field(0.01, ge=0)
     first_bn_multiplier: float = Field(10.0, ge=0)
     reduction: Literal["mean", "sum"] = "mean"
@@ -116,6 +147,7 @@ class RecoverConfig(Strict):
     # rded (EDC): each class starts from the RDED image of its slice (`rded` block, observer
     # = logit_teacher; recover/edc.py)
     init: Literal["real", "noise", "rded"] = "real"
+    rded: RdedConfig = Field(default_factory=RdedConfig)  # read only by init rded
     # Which real image initialises IPC slot i of class c: `file` = the i-th in file order
     # (PRISM/SRe2L); `delt_medium` / `delt_top` / `delt_min` = DELT's orders by the ranker's
     # true-class probability (recover/ranking.py), computed once by the `rank` stage
@@ -130,12 +162,12 @@ class RecoverConfig(Strict):
     # every distilled set. The "initial images" baseline row, relabeled and trained exactly like
     # the recovered sets; teachers still run once to record CE/BN/top-1 of the initial images.
     init_only: bool = False
-    logit_teacher: str | None = "resnet18"
-    logit_pool: list[str] = Field(default_factory=list)  # non-empty: logit teacher drawn
+    # non-empty: the logit teacher is drawn from it
+    logit_pool: Annotated[list[str], Unique] = Field(default_factory=list)
     # The (drawn) logit teacher is also a BN teacher: single-teacher alignment (phi = theta).
     bn_include_logit: bool = False
-    bn_always: list[str] = Field(default_factory=lambda: ["resnet18"])
-    bn_pool: list[str] = Field(
+    bn_always: Annotated[list[str], Unique] = Field(default_factory=lambda: ["resnet18"])
+    bn_pool: Annotated[list[str], Unique] = Field(
         default_factory=lambda: ["mobilenet_v2", "efficientnet_b0", "shufflenet_v2_x0_5", "alexnet"]
     )
     sampler: Literal["include_prob", "uniform"] = "include_prob"
@@ -146,33 +178,15 @@ class RecoverConfig(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     memory: Literal["joint", "sequential"] = "joint"
     # Autocast of the teachers' forward/backward (BN statistics, BN loss, CE, Adam stay fp32);
-    # fp16 adds dynamic loss scaling. `amp: bf16` (older spelling) is read as precision bf16.
+    # fp16 adds dynamic loss scaling.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # Chunks (or IPC slices) of a task optimised at once: one forward per teacher on the
     # concatenation of the chunks that drew it, BN statistics per chunk (docs/recover.md).
     pack: int = Field(1, ge=1)
     compile: bool = False  # torch.compile each teacher once per process (first steps slow)
-    log_every: int = Field(100, ge=1)
-    # CPU intra-op threads per rank. Fixed (not "all cores") because conv backward differs in
-    # the last bits between thread counts, which would make images depend on the world size.
-    cpu_threads: int = Field(1, ge=1)
-    deterministic: bool = True  # cuDNN deterministic kernels on GPU
-
-    @model_validator(mode="before")
-    @classmethod
-    def _amp_alias(cls, data):
-        if isinstance(data, dict) and "amp" in data:
-            data = dict(data)
-            amp = data.pop("amp")
-            if amp not in ("none", "bf16"):
-                raise ValueError(f"recover.amp must be none or bf16 (use precision), got {amp!r}")
-            if "precision" in data and amp == "bf16" and data["precision"] != "bf16":
-                raise ValueError("recover.amp: bf16 contradicts recover.precision")
-            data.setdefault("precision", "bf16" if amp == "bf16" else "fp32")
-        return data
 
     @model_validator(mode="after")
-    def _check(self) -> RecoverConfig:
+    def _check(self) -> OptimizeRecover:
         if self.iteration_step * (self.iteration_period - 1) >= self.iterations:
             raise ValueError(
                 "iteration_step * (iteration_period - 1) must be < iterations "
@@ -182,28 +196,22 @@ class RecoverConfig(Strict):
             raise ValueError("set logit_teacher or a non-empty logit_pool")
         if self.matching.enabled and self.pack > 1:
             raise ValueError("recover.matching needs pack 1 (one backbone per step, per chunk)")
-        if self.synthesis == "rded":
-            if self.ipc == "all" or self.init_only or self.pack > 1 or self.logit_pool:
-                raise ValueError(
-                    "synthesis rded needs an integer ipc, init_only false, pack 1 and one "
-                    "observer (logit_teacher, no logit_pool)"
-                )
-            if self.logit_teacher is None:
-                raise ValueError("synthesis rded: set logit_teacher (the observer)")
-            if self.batching != "cross_class" or self.matching.enabled or self.init_order != "file":
-                raise ValueError(
-                    "synthesis rded makes no optimisation batches: set batching cross_class, "
-                    "matching.enabled false and init_order file"
-                )
+        if self.batching == "joint" and self.pack > 1:
+            raise ValueError(
+                "recover.batching joint optimises a task's slices at once already: set pack 1"
+            )
         if self.init_order != "file" and self.init != "real":
             raise ValueError(
                 f"recover.init_order {self.init_order} orders real images: set recover.init real"
             )
         if self.init_order != "file" and self.ranker is None and self.logit_teacher is None:
             raise ValueError(f"recover.init_order {self.init_order}: set recover.ranker")
-        if self.batching == "joint" and self.pack > 1:
+        both = set(self.bn_always) & set(self.bn_pool)
+        if both:
+            raise ValueError(f"recover.bn_pool repeats {sorted(both)} of recover.bn_always")
+        if self.k_max is not None and self.k_max > len(self.bn_pool):
             raise ValueError(
-                "recover.batching joint optimises a task's slices at once already: set pack 1"
+                f"recover.k_max = {self.k_max} is larger than recover.bn_pool ({len(self.bn_pool)})"
             )
         return self
 
@@ -223,5 +231,43 @@ class RecoverConfig(Strict):
         return list(dict.fromkeys(self.matching.backbones)) or self.teacher_names()
 
     def ranker_name(self) -> str | None:
-        """The rank stage's model (`ranker`, else the logit teacher)."""
-        return self.ranker or self.logit_teacher
+        """The rank stage's model (`ranker`, else the logit teacher) when the initial images
+        are ranked (`init_order` not `file`)."""
+        return None if self.init_order == "file" else self.ranker or self.logit_teacher
+
+
+class RdedRecover(RecoverBase):
+    """RDED: no optimisation. Each image is stitched from the observer's (`logit_teacher`)
+    best-scored real crops of its slice's candidate block (`rded`; docs/baselines.md)."""
+
+    synthesis: Literal["rded"] = "rded"
+    ipc: int = Field(50, ge=1)
+    logit_teacher: str = "resnet18"  # the observer
+    rded: RdedConfig = Field(default_factory=RdedConfig)
+
+    @field_validator("ipc", mode="before")
+    @classmethod
+    def _whole_slices(cls, value):
+        if value == "all":
+            raise ValueError(
+                "synthesis rded needs an integer ipc (its candidate blocks are cut per IPC slice)"
+            )
+        return value
+
+    @property
+    def init(self) -> Literal["real"]:
+        """Where the images come from, for readers that ask any method (the preflight's
+        images-per-class check, the diversity metric's real reference): real crops."""
+        return "real"
+
+    def iterations_for(self, ipc_index: int) -> int:
+        return 0
+
+    def teacher_names(self) -> list[str]:
+        return [self.logit_teacher]
+
+
+# The recover section: the member is chosen by `synthesis` (absent: optimize, filled in by
+# Config), so each method's keys are checked against its own model.
+RecoverConfig = Annotated[OptimizeRecover | RdedRecover, Field(discriminator="synthesis")]
+DEFAULT_SYNTHESIS = "optimize"

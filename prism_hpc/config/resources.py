@@ -103,8 +103,16 @@ RESOURCE_DEFAULTS = StageResources(
 )
 
 
+class CanaryResources(StageResources):
+    """The canary job (SLURM): a stage's resources, overridden where set here; time_min
+    defaults to min(the stage's, 20)."""
+
+    enabled: bool = True
+
+
 class Resources(Strict):
     default: StageResources = Field(default_factory=StageResources)
+    canary: CanaryResources = Field(default_factory=CanaryResources)
     squeeze: StageResources = Field(default_factory=StageResources)
     rank: StageResources = Field(default_factory=StageResources)
     statistics: StageResources = Field(default_factory=StageResources)

@@ -7,32 +7,41 @@ Defaults are the paper's ImageNet-1K settings (FACTS §A) unless a comment says 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 
-from prism_hpc.config.common import CropScale, Strict
+from prism_hpc.config.common import CropScale, Strict, first_repeat
 from prism_hpc.config.data import DataConfig, SqueezeConfig, TeacherSpec
-from prism_hpc.config.recover import AugmentConfig, MatchingConfig, RdedConfig, RecoverConfig
+from prism_hpc.config.recover import (
+    DEFAULT_SYNTHESIS,
+    AugmentConfig,
+    MatchingConfig,
+    OptimizeRecover,
+    RdedConfig,
+    RdedRecover,
+    RecoverBase,
+    RecoverConfig,
+)
 from prism_hpc.config.resources import (
     DEVICE_NAMES,
     RESOURCE_DEFAULTS,
     Resources,
     StageResources,
 )
+from prism_hpc.config.tracking import TrackingConfig
 from prism_hpc.config.train import MetricsConfig, RelabelConfig, StudentsConfig
 
 __all__ = [
     "DEVICE_NAMES", "RESOURCE_DEFAULTS", "AugmentConfig", "Config", "CropScale",
-    "DataConfig", "MatchingConfig", "MetricsConfig", "RdedConfig", "RecoverConfig",
-    "RelabelConfig", "Resources", "SqueezeConfig", "StageResources", "Strict",
-    "StudentsConfig", "TeacherSpec",
+    "DataConfig", "MatchingConfig", "MetricsConfig", "OptimizeRecover", "RdedConfig",
+    "RdedRecover", "RecoverBase", "RecoverConfig", "RelabelConfig", "Resources",
+    "SqueezeConfig", "StageResources", "Strict", "StudentsConfig", "TeacherSpec",
 ]
 
 class Config(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     seed: int = Field(0, ge=0)
-    backend: Literal["auto", "local", "slurm", "debug"] = "auto"
+    backend: str = "auto"  # an executor's name or auto, checked by hpc (it knows the names)
     # the compute nodes cannot download: `weights: torchvision` must already be in the
     # $TORCH_HOME cache at submit time (checked by preflight; a warning otherwise)
     offline: bool = False
@@ -41,18 +50,28 @@ class Config(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     teachers: dict[str, TeacherSpec]
     squeeze: SqueezeConfig = Field(default_factory=SqueezeConfig)
-    recover: RecoverConfig = Field(default_factory=RecoverConfig)
+    recover: RecoverConfig = Field(default_factory=OptimizeRecover)
     relabel: RelabelConfig = Field(default_factory=RelabelConfig)
     students: StudentsConfig = Field(default_factory=StudentsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     resources: Resources = Field(default_factory=Resources)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_synthesis(cls, data):
+        """`recover.synthesis` may be left out: the optimising methods are the default."""
+        rec = data.get("recover") if isinstance(data, dict) else None
+        if isinstance(rec, dict) and "synthesis" not in rec:
+            data = {**data, "recover": {**rec, "synthesis": DEFAULT_SYNTHESIS}}
+        return data
 
     @model_validator(mode="after")
     def _teachers_known(self) -> Config:
         pool = set(self.teachers)
         used = {"recover": self.recover.teacher_names()}
-        if self.recover.init_order != "file":
-            used["recover.ranker"] = [self.recover.ranker_name()]
+        if ranker := self.recover.ranker_name():
+            used["recover.ranker"] = [ranker]
         if self.relabel.mode != "none":
             used["relabel.teachers"] = self.relabel.teachers
         if self.metrics.extractor:
@@ -68,33 +87,23 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _no_duplicates(self) -> Config:
-        """The same name twice is always a slip (a teacher counted twice in the BN mean, two
-        students written into one folder): refuse it with the key and the repeated value."""
+        """The same name twice is always a slip (two students written into one folder): refuse
+        it with the key and the repeated value. (The recover lists check themselves: their
+        type is `common.Unique`.)"""
         lists = {
-            "recover.bn_always": self.recover.bn_always,
-            "recover.bn_pool": self.recover.bn_pool,
-            "recover.logit_pool": self.recover.logit_pool,
             "relabel.teachers": self.relabel.teachers,
             "students.archs": self.students.archs,
             "students.seeds": self.students.seeds,
             "data.class_names": self.data.class_names or [],
         }
         for key, values in lists.items():
-            seen = set()
-            for v in values:
-                if v in seen:
-                    raise ValueError(f"{key} lists {v!r} twice")
-                seen.add(v)
+            repeated, value = first_repeat(values)
+            if repeated:
+                raise ValueError(f"{key} lists {value!r} twice")
         shuffle, rec = self.relabel.shuffle_patches, self.recover
-        if shuffle > 1 and rec.synthesis == "rded" and shuffle != rec.rded.factor:
+        if shuffle > 1 and isinstance(rec, RdedRecover) and shuffle != rec.rded.factor:
             raise ValueError(
                 f"relabel.shuffle_patches = {shuffle} must be 1 or recover.rded.factor "
                 f"({rec.rded.factor}): the strips are the stitched patches"
             )
-        both = set(self.recover.bn_always) & set(self.recover.bn_pool)
-        if both:
-            raise ValueError(f"recover.bn_pool repeats {sorted(both)} of recover.bn_always")
-        k_max, pool = self.recover.k_max, len(self.recover.bn_pool)
-        if k_max is not None and k_max > pool:
-            raise ValueError(f"recover.k_max = {k_max} is larger than recover.bn_pool ({pool})")
         return self

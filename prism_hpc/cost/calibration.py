@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,23 +54,32 @@ def read_calibration(path: Path | None = None) -> dict[str, dict[str, dict[str, 
     return entries
 
 
-def write_entry(
-    dev: str, kind: str, flop_per_s: float, threads: int | None, setup: str,
-    path: Path | None = None, precision: str = "fp32", archs: dict[str, float] | None = None,
-) -> Path:  # fmt: skip
-    """Add or replace one (device, kind) entry, keeping the others. `archs`: FLOP/s per
-    architecture key (`models.flops.arch_key`), preferred over the kind's `flop_per_s`
-    because depthwise networks sustain a few times fewer FLOP/s than ResNets."""
+@dataclass(frozen=True)
+class Measured:
+    """One measurement of a kind of work: FLOP/s (0: only per-architecture rates), the CPU
+    threads it ran on (None on a GPU), how it was set up, and FLOP/s per architecture key
+    (`models.flops.arch_key`), preferred over `flop_per_s` because depthwise networks
+    sustain a few times fewer FLOP/s than ResNets."""
+
+    flop_per_s: float
+    threads: int | None
+    setup: str
+    precision: str = "fp32"
+    archs: dict[str, float] = field(default_factory=dict)
+
+
+def write_entry(dev: str, kind: str, measured: Measured, path: Path | None = None) -> Path:
+    """Add or replace one (device, kind) entry, keeping the others."""
     if kind not in KINDS:
         raise UserError(f"calibration kind {kind!r}: expected one of {', '.join(KINDS)}")
     path = Path(path) if path is not None else default_path()
     entries = read_calibration(path)
     entries.setdefault(device(dev).name, {})[kind] = {
-        "flop_per_s": float(flop_per_s) or None,  # 0: only per-architecture rates
-        "archs": {k: float(v) for k, v in (archs or {}).items()},
-        "threads": threads,
-        "precision": precision,
-        "setup": setup,
+        "flop_per_s": float(measured.flop_per_s) or None,  # 0: only per-architecture rates
+        "archs": {k: float(v) for k, v in measured.archs.items()},
+        "threads": measured.threads,
+        "precision": measured.precision,
+        "setup": measured.setup,
         "host": socket.gethostname(),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

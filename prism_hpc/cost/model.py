@@ -102,18 +102,26 @@ def time_limit_min(task_seconds: float) -> int:
     return math.ceil(1.25 * task_seconds / 60 + 10)
 
 
+@dataclass(frozen=True)
+class TaskLayout:
+    """How a stage's tasks are run: GPUs each, how many at once, and their time limit."""
+
+    gpus_per_task: int
+    slots: int
+    time_min: int
+
+
 def summarise(
     stage: str,
     task_seconds: list[float],
     pricing: Pricing,
-    gpus_per_task: int,
-    slots: int,
-    time_min: int,
+    layout: TaskLayout,
     storage_gb: float = 0.0,
     peak_mem_gb: float | None = None,
     note: str = "",
 ) -> dict[str, Any]:
     """The numbers `plan` prints and writes for one stage, and its time-limit warnings."""
+    gpus_per_task, slots, time_min = layout.gpus_per_task, layout.slots, layout.time_min
     total_s = sum(task_seconds)
     longest = max(task_seconds, default=0.0)
     need = time_limit_min(longest) if task_seconds else 0

@@ -1,4 +1,4 @@
-"""From a run directory and a backend to running work; and the dry-run description."""
+"""What a plan looks like (`plan`, `plan --json`, `plan --out`): arrays and cost estimates."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from prism_hpc.config.schema import Config
+from prism_hpc.hpc.executor import executor_class
 from prism_hpc.hpc.plan import StagePlan, make_plan, write_plan
-from prism_hpc.store.rundir import RunDir
 from prism_hpc.workflow import StageRegistry
 
 
@@ -18,39 +18,10 @@ def plans_for(
     cfg: Config, registry: StageRegistry, max_array_size: int | None = None,
     only: list[str] | None = None, estimates: bool = True,
 ) -> list[StagePlan]:  # fmt: skip
-    return make_plan(cfg, registry.select(only), max_array_size, estimates)
-
-
-def launch(
-    rd: RunDir, cfg: Config, backend: str, registry: StageRegistry, only: list[str] | None = None
-) -> None:
-    registry.opened(rd.root)
-    if backend == "slurm":
-        from prism_hpc.hpc.backends.slurm import submit_slurm
-
-        submit_slurm(rd, cfg, registry, only)
-        return
-    plans = plans_for(cfg, registry, only=only)
-    write_plan(rd.plan, plans, registry.ref)
-    from prism_hpc.hpc.backends.local import run_local
-
-    run_local(rd, plans, registry, debug=backend == "debug")
-    print_outputs(rd)
-
-
-def print_outputs(rd: RunDir) -> None:
-    lines = [
-        ("distilled set", rd.distilled),
-        ("teachers", rd.teachers),
-        ("students", rd.students),
-        ("results", rd.root / "results.md"),
-        ("report", rd.root / "report.md"),
-        ("figures", rd.figures),
-    ]
-    print("outputs:")
-    for label, path in lines:
-        if path.exists():
-            print(f"  {label:14s} {path}")
+    """The plan of the config's own backend (`cfg.backend`), whose parallelism the estimates
+    assume; `estimates=False` (status, verify) asks no executor and prices nothing."""
+    executor = executor_class(cfg.backend)() if estimates else None
+    return make_plan(cfg, registry.select(only), max_array_size, executor)
 
 
 # estimate keys shown as columns (the rest of an estimate goes into the note column)

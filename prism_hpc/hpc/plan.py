@@ -9,7 +9,7 @@ from typing import Any
 
 from prism_hpc.config.schema import Config
 from prism_hpc.store.atomic import atomic_write_text
-from prism_hpc.workflow import Item, Stage
+from prism_hpc.workflow import Capacity, Item, Stage, estimating
 
 
 @dataclass
@@ -36,24 +36,22 @@ def split(n: int, max_size: int) -> list[list[int]]:
 
 
 def make_plan(
-    cfg: Config, stages: list[Stage], max_array_size: int | None = None, estimates: bool = True
-) -> list[StagePlan]:
-    """Items -> arrays per stage. `estimates=False` (status) skips the cost estimates, which
-    may need the data's class counts."""
+    cfg: Config, stages: list[Stage], max_array_size: int | None = None,
+    capacity: Capacity | None = None,
+) -> list[StagePlan]:  # fmt: skip
+    """Items -> arrays per stage, with cost estimates priced on `capacity` (the executor that
+    runs them). Without one (status, verify) there are no estimates: they may need the data's
+    class counts."""
     plans = []
     for stage in stages:
         items = stage.items(cfg)
         res = cfg.resources.for_stage(stage.name)
         size = res.max_array_size or max_array_size or 1001
-        plans.append(
-            StagePlan(
-                stage,
-                items,
-                split(len(items), size),
-                res.model_dump(),
-                stage.estimate(cfg) if estimates else {},
-            )
-        )
+        estimate = {}
+        if capacity is not None:
+            with estimating(capacity):
+                estimate = stage.estimate(cfg)
+        plans.append(StagePlan(stage, items, split(len(items), size), res.model_dump(), estimate))
     return plans
 
 

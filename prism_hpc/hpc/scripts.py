@@ -7,23 +7,29 @@ the schema (no control characters), so no config string can start a shell comman
 expanded at submission, and every word is quoted again, so `$(...)`, backticks, `;`, `|` and
 redirections stay literal text. Complex set-up belongs in a file that a setup line sources.
 
-Warning signal (`resources.<stage>.signal`, default `USR2@90`): rendered scripts ask for it as
-`--signal=B:SIG@SECONDS`, i.e. for the batch shell, which traps it and requeues the job
-(`scontrol requeue`, at most `MAX_REQUEUES` times); the requeued task skips finished items and
-resumes training from its last epoch checkpoint. The task processes themselves are not
-signalled: a plain `python -m prism_hpc.hpc.task` has no handler and would die at once. (The
-submitit path signals the task instead, where submitit's handler checkpoints and requeues.)
+Resources become sbatch options in one place, `sbatch_options`, for the rendered scripts and
+for submitit's submissions alike (`backends/slurm/submit.submitit_executor`).
 
-`RUN/slurm/eval_array.sbatch` is the `train` stage rendered for plain sbatch users
-(`slurm/eval_array.sh` is its generic, config-free twin): the resources of `resources.train`,
-but the run directory (and the array chunk) are arguments, so one rendering serves every run of
-the same config: `sbatch RUN/slurm/eval_array.sbatch [RUN_DIR [CHUNK]]`.
+Requeue, one policy: a task warned before its time limit (`resources.<stage>.signal`, default
+`USR2@90`, the delay capped by `warning_signal`) is requeued, at most `MAX_REQUEUES` times, and
+the requeued task skips finished items and continues from its restart state (a student's last
+epoch checkpoint). Who catches the warning depends on what runs in the job, and the tests pin
+both: a rendered script runs a plain `python -m prism_hpc.hpc.task`, which has no handler and
+would die at once, so the script asks for `--signal=B:SIG@SECONDS` (the batch shell), traps it
+and runs `scontrol requeue`; a submitit job runs submitit's own handler inside the task, so it
+asks for `--signal=SIG@SECONDS` (the task) and that handler checkpoints and requeues.
+
+`RUN/slurm/eval_array.sbatch` is the stage marked `serves_eval_array` (the students) rendered
+for plain sbatch users (`slurm/eval_array.sh` is its generic, config-free twin): that stage's
+resources, but the run directory (and the array chunk) are arguments, so one rendering serves
+every run of the same config: `sbatch RUN/slurm/eval_array.sbatch [RUN_DIR [CHUNK]]`.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +39,7 @@ from prism_hpc.store.atomic import atomic_write_text
 
 JOB_ENV = {"HDF5_USE_FILE_LOCKING": "FALSE", "PYTHONUNBUFFERED": "1"}
 DEFAULT_SIGNAL = "USR2@90"
-MAX_REQUEUES = 5  # like submitit's max_num_timeout: a task that never fits its limit stops
-EVAL_STAGE = "train"  # the stage `eval_array.sbatch` runs
+MAX_REQUEUES = 5  # both launchers: a task that never fits its limit stops being requeued
 
 
 def quote_setup_line(line: str) -> str:
@@ -61,13 +66,26 @@ def warning_signal(res: dict[str, Any]) -> tuple[str, int]:
     return name, max(1, min(int(seconds), int(res["time_min"]) * 60 // 5))
 
 
-def sbatch_options(res: dict[str, Any]) -> dict[str, str | bool]:
-    """Stage resources -> sbatch long options (without dependencies and arrays)."""
+@dataclass(frozen=True)
+class SbatchJob:
+    """One submission of a stage's tasks, as its #SBATCH lines describe it."""
+
+    resources: dict[str, Any]  # the stage's plan entry `resources`
+    name: str  # --job-name
+    batch_shell_signal: bool  # True: the batch shell traps the warning (rendered scripts)
+    array: str | None = None  # --array (submitit writes its own)
+    output: str | None = None  # --output (submitit writes its own)
+    dependency: str | None = None  # afterok:1:2 ..., with --kill-on-invalid-dep=yes
+
+
+def sbatch_options(job: SbatchJob) -> dict[str, str | bool]:
+    """Stage resources -> sbatch long options, in #SBATCH order. `sbatch_extra` overrides what
+    the resources say; the job's name, array, log and dependency override `sbatch_extra`."""
+    res = job.resources
     opts: dict[str, str | bool] = {}
-    for key, flag in (("partition", "partition"), ("account", "account"), ("qos", "qos"),
-                      ("constraint", "constraint")):  # fmt: skip
+    for key in ("partition", "account", "qos", "constraint"):
         if res.get(key):
-            opts[flag] = str(res[key])
+            opts[key] = str(res[key])
     opts["time"] = str(res["time_min"])
     opts["mem"] = f"{int(res['mem_gb'] * 1024)}M"
     opts["cpus-per-task"] = str(res["cpus_per_task"])
@@ -76,11 +94,24 @@ def sbatch_options(res: dict[str, Any]) -> dict[str, str | bool]:
     if res.get("gpus_per_node"):
         opts["gpus-per-node"] = str(res["gpus_per_node"])
     sig, delay = warning_signal(res)
-    opts["signal"] = f"B:{sig}@{delay}"
+    opts["signal"] = f"{'B:' if job.batch_shell_signal else ''}{sig}@{delay}"
     opts["open-mode"] = "append"  # a requeued task appends to its log
     for key, value in (res.get("sbatch_extra") or {}).items():
         opts[key.replace("_", "-")] = value if value is True else str(value)
+    opts["job-name"] = job.name
+    for key, value in (("array", job.array), ("output", job.output),
+                       ("dependency", job.dependency)):  # fmt: skip
+        if value:
+            opts[key] = value
+    if job.dependency:
+        opts["kill-on-invalid-dep"] = "yes"
     return opts
+
+
+def array_range(res: dict[str, Any], n: int) -> str:
+    """`--array` for `n` tasks, `%array_parallelism` when set."""
+    par = res.get("array_parallelism")
+    return f"0-{n - 1}" + (f"%{par}" if par else "")
 
 
 def _header(opts: dict[str, str | bool], comments: list[str] = ()) -> list[str]:
@@ -120,14 +151,11 @@ TASK = 'srun --unbuffered "${PRISM_PYTHON:-python}" -m prism_hpc.hpc.task "$RUN_
 
 def render_script(cfg: Config, plan: StagePlan, chunk: int, run_dir: Path) -> str:
     res = plan.resources
-    indices = plan.chunks[chunk]
-    opts = sbatch_options(res)
-    opts["job-name"] = job_name(cfg, plan.stage.name)
-    array = f"0-{len(indices) - 1}"
-    if res.get("array_parallelism"):
-        array += f"%{res['array_parallelism']}"
-    opts["array"] = array
-    opts["output"] = str(Path(run_dir) / "logs" / plan.stage.name / "sbatch_%A_%a.log")
+    opts = sbatch_options(SbatchJob(
+        res, job_name(cfg, plan.stage.name), batch_shell_signal=True,
+        array=array_range(res, len(plan.chunks[chunk])),
+        output=str(Path(run_dir) / "logs" / plan.stage.name / "sbatch_%A_%a.log"),
+    ))  # fmt: skip
     lines = _header(opts)
     lines += ["", "# environment of every prism-hpc job, then resources.setup (quoted words)"]
     lines += setup_lines(res)
@@ -143,15 +171,14 @@ def render_script(cfg: Config, plan: StagePlan, chunk: int, run_dir: Path) -> st
 
 
 def render_eval_array(cfg: Config, plan: StagePlan, run_dir: Path) -> str:
-    """The student train/eval array with `resources.train`; RUN_DIR and CHUNK are arguments."""
+    """The student train/eval array with that stage's resources; RUN_DIR and CHUNK are
+    arguments."""
     res = plan.resources
-    opts = sbatch_options(res)
-    opts["job-name"] = job_name(cfg, "eval")
     first = plan.chunks[0] if plan.chunks else [0]
-    opts["array"] = f"0-{len(first) - 1}" + (
-        f"%{res['array_parallelism']}" if res.get("array_parallelism") else ""
-    )
-    opts["output"] = str(Path(run_dir) / "logs" / plan.stage.name / "eval_%A_%a.log")
+    opts = sbatch_options(SbatchJob(
+        res, job_name(cfg, "eval"), batch_shell_signal=True, array=array_range(res, len(first)),
+        output=str(Path(run_dir) / "logs" / plan.stage.name / "eval_%A_%a.log"),
+    ))  # fmt: skip
     chunks = len(plan.chunks)
     comments = [
         f"# Student training + evaluation (stage {plan.stage.name}) of a prism-hpc run of config",
@@ -201,7 +228,7 @@ def write_scripts(cfg: Config, plans: list[StagePlan], folder: Path, run_dir: Pa
             path = folder / f"{plan.stage.name}{suffix}.sbatch"
             atomic_write_text(path, render_script(cfg, plan, chunk, run_dir))
             written.append(path)
-        if plan.stage.name == EVAL_STAGE and plan.items:
+        if plan.stage.serves_eval_array and plan.items:
             path = folder / "eval_array.sbatch"
             atomic_write_text(path, render_eval_array(cfg, plan, run_dir))
             written.append(path)

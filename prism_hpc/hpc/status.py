@@ -9,9 +9,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from prism_hpc.hpc.canary import canary_lines
 from prism_hpc.hpc.pending import pending_items
 from prism_hpc.hpc.plan import registry_ref_of
-from prism_hpc.store.rundir import PROGRESS_NAME, RunDir, open_run_dir
+from prism_hpc.store.rundir import RunDir, open_run_dir
 from prism_hpc.workflow import StageRegistry, load_registry
 
 WATCH_INTERVAL_S = 30  # never poll the scheduler faster than this
@@ -33,12 +34,9 @@ def stage_status(rd: RunDir, registry: StageRegistry | None = None) -> list[dict
                 "total": len(plan.items),
                 "done": len(plan.items) - len(todo[plan.stage.name]),
                 "pending": todo[plan.stage.name],
+                **plan.stage.progress(rd.root),  # what the stage reports (students' epochs)
             }
         )
-    for row in rows:
-        found = student_progress(rd.root) if row["stage"] == "train" else []
-        if found:
-            row["students"] = found
     try:
         from prism_hpc.hpc.backends.slurm import scheduler_states
 
@@ -46,28 +44,6 @@ def stage_status(rd: RunDir, registry: StageRegistry | None = None) -> list[dict
     except ImportError:
         pass
     return rows
-
-
-def student_progress(run_dir: Path) -> list[dict]:
-    """Epoch reached by each student that has started, from its small `progress.json`
-    (written by the trainer's rank 0; read here without torch)."""
-    found = []
-    for path in sorted(Path(run_dir).glob(f"students/*/seed*/{PROGRESS_NAME}")):
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # being replaced right now: the next look sees it
-        if isinstance(info, dict):
-            found.append({"student": f"{path.parent.parent.name}/{path.parent.name}", **info})
-    return found
-
-
-def _student_line(s: dict) -> str:
-    eta = s.get("eta_s") or 0
-    left = f", ETA {eta / 3600:.1f} h" if s.get("state") == "running" and eta else ""
-    return (f"  {s['student']}: epoch {float(s.get('epoch', 0)):.2f}/{s.get('epochs', '?')} "
-            f"({s.get('state', '?')}, loss {s.get('loss', '?')}, "
-            f"{s.get('images_per_s', '?')} img/s{left})")  # fmt: skip
 
 
 def print_status(
@@ -89,8 +65,10 @@ def print_status(
                 )  # fmt: skip
             Console(width=120).print(table)
             for r in rows:
-                for student in r.get("students", []):
-                    print(_student_line(student))
+                for line in registry.by_name(r["stage"]).progress_lines(r):
+                    print(line)
+            for line in canary_lines(rd):
+                print(line)
         finished = all(r["done"] == r["total"] for r in rows)
         if not watch or finished:
             return rows

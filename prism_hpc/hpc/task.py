@@ -17,10 +17,17 @@ from pathlib import Path
 
 from prism_hpc.hpc import distributed
 from prism_hpc.hpc.pending import inputs_of
-from prism_hpc.hpc.plan import read_plan, registry_ref_of
+from prism_hpc.hpc.plan import registry_ref_of
 from prism_hpc.store.atomic import atomic_write_text
 from prism_hpc.store.rundir import RunDir
-from prism_hpc.workflow import Item, Stage, StageRegistry, TaskEnv, load_registry
+from prism_hpc.workflow import (
+    Item,
+    Stage,
+    StageRegistry,
+    TaskEnv,
+    array_item,
+    load_registry,
+)  # fmt: skip
 
 
 def run_item(
@@ -115,16 +122,10 @@ class CheckpointableRunItem(RunItem, _checkpointable_base()):
     and the stage resumes from its last completed epoch."""
 
 
-def task_function(stage) -> RunItem:
-    return CheckpointableRunItem() if getattr(stage, "checkpointable", False) else RunItem()
-
-
-def item_for_array(run_dir: str, stage_name: str, chunk: int, array_index: int) -> int:
-    """Plan lookup: array `chunk` of a stage, array task `array_index` -> item index."""
-    for entry in read_plan(RunDir(Path(run_dir)).plan):
-        if entry["stage"] == stage_name:
-            return entry["arrays"][chunk][array_index]
-    raise KeyError(f"stage {stage_name} not in plan.json")
+def task_function(stage: Stage) -> RunItem:
+    """What submitit runs for the stage's tasks: requeued on the warning signal when the
+    stage is `checkpointable`."""
+    return CheckpointableRunItem() if stage.checkpointable else RunItem()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     run_dir, stage_name = args[0], args[1]
     if args[2] == "--array":
-        index = item_for_array(run_dir, stage_name, int(args[3]), int(args[4]))
+        index = array_item(RunDir(Path(run_dir)).plan, stage_name, int(args[3]), int(args[4]))
     else:
         index = int(args[2])
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,22 +63,27 @@ def _short(name: str, limit: int = 22) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
+@dataclass(frozen=True)
+class LabelledImages:
+    """Distilled rows to show: uint8 pixels (N, C, H, W) with each row's class and IPC slot."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    ipc_index: np.ndarray
+
+
 def image_grid(
-    images: np.ndarray,
-    labels: np.ndarray,
-    ipc_index: np.ndarray,
+    rows: LabelledImages,
     class_names: list[str],
     out: Path,
     title: str,
     classes: Sequence[int] | None = None,
     max_ipc: int = 10,
 ) -> Path:
-    """One row per class (name on the left), one column per IPC slot (index on top).
-
-    `images` uint8 (N, C, H, W) with `labels`/`ipc_index` per row; `classes` defaults to the
-    first 10 classes present.
-    """
-    labels, ipc_index = np.asarray(labels), np.asarray(ipc_index)
+    """One row per class (name on the left), one column per IPC slot (index on top);
+    `classes` defaults to the first 10 classes present."""
+    images = rows.images
+    labels, ipc_index = np.asarray(rows.labels), np.asarray(rows.ipc_index)
     if classes is None:
         classes = sorted(set(labels.tolist()))[:10]
     classes = [c for c in classes if (labels == c).any()]

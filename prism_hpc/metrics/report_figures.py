@@ -91,9 +91,7 @@ class ReportFigures:
                 rows = d.rows_of_classes(shown, MAX_GRID_IPC)
                 caption = sampled_caption(shown, d.num_classes, d.class_names)
                 path = figures.image_grid(
-                    d.read(rows),
-                    d.labels[rows],
-                    d.ipc_index[rows],
+                    figures.LabelledImages(d.read(rows), d.labels[rows], d.ipc_index[rows]),
                     d.class_names,
                     self.fig_dir / f"grid_{self.slugs[r.label]}.png",
                     title=f"{r.label}: distilled images ({len(d)} in all, IPC {r.ipc})",

@@ -153,12 +153,22 @@ def arch_cost(
     return cost
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """An architecture as built for a run: input resolution and channels, classes, width."""
+
+    arch: str
+    resolution: int
+    channels: int
+    num_classes: int
+    width: float = 1.0
+
+
 def measure_step_flops(
-    arch: str, resolution: int, channels: int, num_classes: int, batch: int, kind: str,
-    steps: int = 5, warmup: int = 2, device: str = "cpu", threads: int | None = None,
-    width: float = 1.0,
+    model: ModelSpec, batch: int, kind: str, steps: int = 5, warmup: int = 2,
+    device: str = "cpu", threads: int | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """Median seconds of one step of `arch` on random data, and the FLOP/s that implies with
+    """Median seconds of one step of `model` on random data, and the FLOP/s that implies with
     this module's FLOP count: `train` = forward, backward, SGD update; `infer` = no-grad
     forward; `recover` = frozen eval-mode forward and backward to the images (the recovery
     step without its BN-statistics hooks and Adam update). What `bench calibrate` records."""
@@ -168,44 +178,47 @@ def measure_step_flops(
 
     if kind not in ("train", "infer", "recover"):
         raise UserError(f"kind {kind!r}: expected train, infer or recover")
+    arch, resolution, channels, num_classes = (
+        model.arch, model.resolution, model.channels, model.num_classes
+    )
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         dev = torch.device(device)
         torch.manual_seed(0)
-        model = create_model(arch, num_classes, channels, resolution, width).to(dev)
+        net = create_model(arch, num_classes, channels, resolution, model.width).to(dev)
         x = torch.randn(batch, channels, resolution, resolution, device=dev)
         y = torch.arange(batch, device=dev) % num_classes
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
         if kind == "recover":
-            model.eval()
-            for p in model.parameters():
+            net.eval()
+            for p in net.parameters():
                 p.requires_grad_(False)
             x.requires_grad_(True)
         times = []
         for i in range(warmup + steps):
             t0 = time.perf_counter()
             if kind == "train":
-                model.train()
-                loss = torch.nn.functional.cross_entropy(model(x), y)
+                net.train()
+                loss = torch.nn.functional.cross_entropy(net(x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
             elif kind == "recover":
                 x.grad = None
-                torch.nn.functional.cross_entropy(model(x), y).backward()
+                torch.nn.functional.cross_entropy(net(x), y).backward()
             else:
-                model.eval()
+                net.eval()
                 with torch.no_grad():
-                    model(x)
+                    net(x)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(before)
-    cost = arch_cost(arch, resolution, channels, num_classes, width)
+    cost = arch_cost(arch, resolution, channels, num_classes, model.width)
     per_image = {"train": cost.train_flops, "recover": cost.recover_flops}.get(kind, cost.fwd_flops)
     seconds, fastest = statistics.median(times), min(times)
     return {"seconds": seconds, "fastest_s": fastest, "flops": per_image * batch,

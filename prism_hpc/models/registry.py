@@ -8,6 +8,8 @@ the usual CIFAR-style adaptation, so 28-32 px inputs keep enough spatial resolut
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -144,6 +146,34 @@ def _unwrap_checkpoint(obj: object) -> dict[str, torch.Tensor]:
     raise UserError("checkpoint holds no state_dict")  # caller adds the path
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
+PICKLE_PROTO = 0x80  # the legacy format: a pickle of protocol 2 or later
+
+
+def _read_checkpoint(path: Path) -> object:
+    """`torch.load(weights_only=True)`, its failures said in terms of the file: torch's own
+    messages suggest the unsafe `weights_only=False`, or name internals (`pop from empty
+    list`) that do not tell a user what is wrong with the file."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        raise UserError(f"{path} is not a torch checkpoint (empty)")
+    if not head.startswith(ZIP_MAGIC) and head[0] != PICKLE_PROTO:
+        raise UserError(f"{path} is not a torch checkpoint (not a zip/pickle file)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = f" (it needs {found.group(1)})" if found else ""
+        raise UserError(
+            f"{path} is a pickled object{what} that torch.load(weights_only=True) refuses; "
+            "save a state_dict with torch.save(model.state_dict(), ...)"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - truncated or corrupt file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path} is not a loadable torch checkpoint ({first})") from None
+
+
 def load_weights(model: nn.Module, path: str | Path, key_map: str = "by_name") -> nn.Module:
     """Load a local checkpoint with `weights_only=True` (no pickled code from shared disks).
 
@@ -153,12 +183,7 @@ def load_weights(model: nn.Module, path: str | Path, key_map: str = "by_name") -
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file {path} not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - pickled code, corrupt file, wrong format
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: not a loadable weights file ({first})") from None
-    state = _unwrap_checkpoint(obj)
+    state = _unwrap_checkpoint(_read_checkpoint(path))
     if key_map == "by_position":
         target = model.state_dict()
         if len(target) != len(state):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from prism_hpc.config.schema import Config
+from prism_hpc.config.schema import Config, OptimizeRecover
 
 
 def bn_teacher_candidates(cfg: Config) -> list[str]:
-    """Every teacher that can end up in a BN set (always, pool, logit with bn_include_logit)."""
+    """Every teacher that can end up in a BN set (always, pool, logit with bn_include_logit);
+    none for a method without the BN objective (RDED)."""
     rec = cfg.recover
+    if not isinstance(rec, OptimizeRecover):
+        return []
     names = list(rec.bn_always) + list(rec.bn_pool)
     if rec.bn_include_logit:
         names += ([rec.logit_teacher] if rec.logit_teacher else []) + list(rec.logit_pool)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 
 from prism_hpc.errors import UserError
+from prism_hpc.recover.context import SliceContext
+from prism_hpc.recover.rded import Observer, rded_class_image
 
 
 def class_reference(
@@ -33,23 +35,23 @@ def class_reference(
     return table[targets].mean(0)
 
 
-def rded_init(cfg, source, per_class, slice_index: int, classes: list[int], mean, std, device,
-              teachers: dict | None) -> tuple[torch.Tensor, list[int]]:  # fmt: skip
+def rded_init(
+    ctx: SliceContext, slice_index: int, classes: list[int]
+) -> tuple[torch.Tensor, list[int]]:
     """EDC's real-image init (`recover.init: rded`): for each class, the RDED image of this
     IPC slice (recover/rded.py, the `recover.rded` block, observer = `logit_teacher`),
     quantised to uint8 like the stored RDED set EDC reads its initial images from, then
     normalised. Returns (images, the real image of each class's best patch)."""
-    from prism_hpc.recover.rded import rded_class_image
-
-    name = cfg.recover.logit_teacher
-    if teachers is None or name not in teachers:
+    rec = ctx.cfg.recover
+    if rec.logit_teacher not in ctx.teachers:
         raise UserError("recover.init rded: the observer (recover.logit_teacher) is not loaded")
+    observer = Observer(ctx.teachers[rec.logit_teacher], ctx.cfg.data.resolution, ctx.mean,
+                        ctx.std, ctx.device)  # fmt: skip
     images, sources = [], []
     for c in classes:
         image, record = rded_class_image(
-            cfg.recover.rded, teachers[name], source, per_class[c], cfg.seed, slice_index, c,
-            cfg.data.resolution, mean, std, device,
-        )  # fmt: skip
+            rec.rded, observer, ctx.source, ctx.per_class[c], ctx.cfg.seed, slice_index, c
+        )
         images.append((image.cpu().clamp(0, 1) * 255).round() / 255)
         sources.append(record["sources"][0])
-    return (torch.stack(images) - mean) / std, sources
+    return (torch.stack(images) - ctx.mean) / ctx.std, sources

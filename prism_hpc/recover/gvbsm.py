@@ -32,12 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prism_hpc.config.schema import RecoverConfig
+from prism_hpc.config.schema import OptimizeRecover
 from prism_hpc.errors import UserError
 from prism_hpc.recover import augment
 from prism_hpc.recover.edc import class_reference
-from prism_hpc.recover.loop import _scaled, autocast, device_layout
+from prism_hpc.recover.loss import Part, Terms
 from prism_hpc.recover.objective import channel_stats, fp32, fp32_island, image_priors
+from prism_hpc.recover.precision import autocast, device_layout, scaled
 from prism_hpc.recover.sampler import Roles
 from prism_hpc.recover.statistics import batch_patch_stats, stat_layers
 
@@ -73,12 +74,12 @@ def densify_loss(xa: torch.Tensor, targets: torch.Tensor, tau: float, pool: int)
 
 class StatMatcher:
     """Hooks on every backbone's BN (and conv) layers; a term per layer while its backbone is
-    the active one. `loss` has `recovery_loss`'s signature, so the loop calls either."""
+    the active one. `loss` has `loss.recovery_loss`'s signature, so the loop calls either."""
 
     def __init__(
         self,
         teachers: dict[str, nn.Module],
-        cfg: RecoverConfig,
+        cfg: OptimizeRecover,
         statistics: dict[str, dict[str, torch.Tensor]] | None = None,
     ):
         self.cfg = cfg.matching
@@ -165,19 +166,12 @@ class StatMatcher:
         return Roles(name, (name,))
 
     def loss(
-        self,
-        x: torch.Tensor,
-        targets: torch.Tensor,
-        roles: Roles,
-        teachers: dict[str, nn.Module],
-        hooks,
-        cfg: RecoverConfig,
-        draw: augment.AugmentDraw,
+        self, part: Part, teachers: dict[str, nn.Module], hooks, cfg: OptimizeRecover,
         backward: bool,
-        scaler=None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> Terms:  # fmt: skip
         """Total loss, CE and the summed statistic terms (unweighted by r_bn) of one step."""
-        xa = device_layout(augment.apply(x, draw))
+        x, targets, roles = part.x, part.targets, part.roles
+        xa = device_layout(augment.apply(x, part.draw))
         self.active, self.targets, self.terms = roles.logit, targets, []
         try:
             with autocast(cfg, x.device):
@@ -196,7 +190,7 @@ class StatMatcher:
         if cfg.l2_scale or cfg.tv_scale:
             total = total + image_priors(xa, cfg.l2_scale, cfg.tv_scale)
         if backward:
-            _scaled(total, scaler).backward()
+            scaled(total, part.scaler).backward()
         return total.detach(), ce.detach(), feature.detach()
 
     def remove(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -244,32 +245,59 @@ def image_priors(x: torch.Tensor, l2_scale: float, tv_scale: float) -> torch.Ten
     return loss
 
 
-def teacher_terms(
-    name: str,
-    model: nn.Module,
-    hooks: dict[str, BNStatistics],
-    xa: torch.Tensor,
-    targets: torch.Tensor,
-    is_logit: bool,
-    is_bn: bool,
-    bn_scale: float,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """One forward of one teacher; returns (its share of the loss, CE or None, BN sum or None).
+@dataclass(frozen=True)
+class Share:
+    """One chunk's rows in a teacher's forward: its labels when the teacher is its logit
+    teacher, its BN weight (r_bn / K) when it is one of its BN teachers."""
 
-    A model that is both logit and BN teacher is run once (the official code runs it twice).
-    """
-    hook = hooks[name]
-    hook.active = is_bn
+    x: torch.Tensor
+    targets: torch.Tensor | None = None
+    bn_scale: float | None = None
+
+
+def teacher_terms(
+    model: nn.Module, hook: BNStatistics, shares: list[Share], grouped: bool = True
+) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
+    """One forward of one teacher over the chunks that drew it; per chunk (its share of the
+    loss, CE or None, BN sum or None). A model that is both logit and BN teacher runs once
+    (the official code runs it twice).
+
+    The BN shares come first. `grouped`: the hook takes one set of statistics per BN share,
+    over that chunk's rows only (`grouped_channel_stats`), never over the concatenation, so a
+    chunk's loss depends on its own images alone. `grouped=False` (one share) takes them in
+    one pass over the batch (`channel_stats`): the op order of an unpacked run. The two agree
+    bit for bit on the CPU (checked), but on CUDA the grouped statistics of
+    equal groups are one `var_mean` over a (G, B, C, H, W) view, another reduction whose
+    rounding is not guaranteed to match; a chunk alone therefore keeps the ungrouped order."""
+    bn_count = sum(s.bn_scale is not None for s in shares)
+    if any(s.bn_scale is not None for s in shares[bn_count:]):
+        raise ValueError("teacher_terms: the BN shares must come first")
+    if not grouped and len(shares) != 1:
+        raise ValueError("teacher_terms: grouped=False takes one share")
+    hook.active = bn_count > 0
+    hook.groups = [s.x.shape[0] for s in shares[:bn_count]] if grouped else None
     try:
-        logits = model(xa)
+        logits = model(shares[0].x if len(shares) == 1 else torch.cat([s.x for s in shares]))
     finally:
         hook.active = False
-    with fp32_island(logits):  # autocast: CE in fp32
-        ce = F.cross_entropy(fp32(logits), targets) if is_logit else None
-    bn = hook.collect() if is_bn else None
-    loss = xa.new_zeros(())
-    if ce is not None:
-        loss = loss + ce
-    if bn is not None:
-        loss = loss + bn_scale * bn
-    return loss, ce, bn
+    bn = hook.collect() if bn_count else None
+    hook.groups = None
+    if grouped and bn is not None and bn.dim() == 0:  # a BN teacher without BN layers
+        bn = bn.expand(bn_count)
+    out, start = [], 0
+    for j, share in enumerate(shares):
+        n = share.x.shape[0]
+        part = logits[start : start + n] if grouped else logits
+        start += n
+        ce = None
+        if share.targets is not None:
+            with fp32_island(part):  # autocast: CE in fp32
+                ce = F.cross_entropy(fp32(part), share.targets)
+        b = None if share.bn_scale is None else (bn[j] if grouped else bn)
+        loss = share.x.new_zeros(())
+        if ce is not None:
+            loss = loss + ce
+        if b is not None:
+            loss = loss + share.bn_scale * b
+        out.append((loss, ce, b))
+    return out

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from torch import nn
 from prism_hpc.config.schema import RdedConfig
 from prism_hpc.data.patches import patch_edges
 from prism_hpc.errors import UserError
+from prism_hpc.recover.context import SliceContext
 from prism_hpc.seeding import generator
 
 # ------------------------------------------------------------------------------- candidates
@@ -158,21 +160,30 @@ def stitch(patches: torch.Tensor, size: int, factor: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------- a chunk
 
 
+@dataclass(frozen=True)
+class Observer:
+    """The model that scores crops, and how its input is made: side `size` px, normalised
+    with `mean` / `std` ((1, C, 1, 1)), on `device`."""
+
+    model: nn.Module
+    size: int
+    mean: torch.Tensor
+    std: torch.Tensor
+    device: torch.device
+
+
 def rded_class_image(
     rd: RdedConfig,
-    observer: nn.Module,
+    observer: Observer,
     source,
     class_positions: np.ndarray,
     run_seed: int,
     slice_index: int,
     cls: int,
-    size: int,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    device: torch.device,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """One distilled image of class `cls` for IPC slice `slice_index`: pixels in [0, 1]
     (C, size, size) and its provenance (source positions, crop boxes, scores, best first)."""
+    size, device = observer.size, observer.device
     cand = candidate_block(class_positions, run_seed, cls, slice_index, rd.candidates)
     images = source.load(cand).to(device)
     if images.shape[-1] != size or images.shape[-2] != size:
@@ -182,49 +193,41 @@ def rded_class_image(
     patch = size // rd.factor
     patches = cut_patches(images, boxes, patch)
     scores = crop_scores(
-        observer, patches, cls, size, mean.to(device), std.to(device), rd.score_batch
-    )
+        observer.model, patches, cls, size, observer.mean.to(device), observer.std.to(device),
+        rd.score_batch,
+    )  # fmt: skip
     rows, cols = select_patches(scores, rd.factor**2)
     image = stitch(patches[rows, cols], size, rd.factor)
+    picked = list(zip(rows.tolist(), cols.tolist(), strict=True))
     record = {
-        "sources": [int(cand[r]) for r in rows.tolist()],
-        "boxes": [boxes[r, c].tolist() for r, c in zip(rows.tolist(), cols.tolist())],
-        "scores": [round(float(scores[r, c]), 6) for r, c in zip(rows.tolist(), cols.tolist())],
+        "sources": [int(cand[r]) for r, _ in picked],
+        "boxes": [boxes[r, c].tolist() for r, c in picked],
+        "scores": [round(float(scores[r, c]), 6) for r, c in picked],
     }
     return image, record
 
 
 def rded_chunk(
-    cfg,
-    slice_index: int,
-    classes: list[int],
-    chunk: int,
-    teachers: dict[str, nn.Module],
-    source,
-    per_class: list[np.ndarray],
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    device: torch.device,
-    rank: int = 0,
+    ctx: SliceContext, slice_index: int, chunk: int, classes: list[int]
 ) -> dict[str, Any]:
-    """A finished chunk in the record format of `recover.slices` (uint8 images, classes,
-    provenance), made by RDED instead of optimisation."""
-    rd = cfg.recover.rded
-    observer = teachers[cfg.recover.logit_teacher]
-    size = cfg.data.resolution
+    """A finished chunk in the record format of the optimising schedules (uint8 images,
+    classes, provenance), made by RDED instead of optimisation."""
+    rec = ctx.cfg.recover
+    rd = rec.rded
+    observer = Observer(ctx.teachers[rec.logit_teacher], ctx.cfg.data.resolution, ctx.mean,
+                        ctx.std, ctx.device)  # fmt: skip
     start = time.time()
     pixels, picks = [], []
     for c in classes:
         image, record = rded_class_image(
-            rd, observer, source, per_class[c], cfg.seed, slice_index, c, size, mean, std, device
+            rd, observer, ctx.source, ctx.per_class[c], ctx.cfg.seed, slice_index, c
         )
         pixels.append(image)
         picks.append({"class": c, **record})
     quantised = (torch.stack(pixels).cpu().clamp_(0, 1) * 255).round_().to(torch.uint8)
-    targets = torch.tensor(classes, device=device)
+    targets = torch.tensor(classes, device=ctx.device)
     with torch.no_grad():
-        xq = ((quantised.float() / 255 - mean) / std).to(device)
-        logits = observer(xq).float()
+        logits = observer.model(ctx.normalise(quantised)).float()
         ce = float(F.cross_entropy(logits, targets))
         top1 = (logits.argmax(1) == targets).float().mean().item()
     mean_score = float(np.mean([p["scores"][0] for p in picks]))
@@ -236,7 +239,7 @@ def rded_chunk(
         "images": quantised.numpy(),
         # the real image of each class's best (top-left) patch: the diversity reference
         "init_indices": [p["sources"][0] for p in picks],
-        "roles": [{"logit_teacher": cfg.recover.logit_teacher, "bn_teachers": []}],
+        "roles": [{"logit_teacher": rec.logit_teacher, "bn_teachers": []}],
         "roles_changes": 1,
         "synthesis": "rded",
         "rded": {
@@ -254,5 +257,5 @@ def rded_chunk(
         "history": [],
         "logit_top1": top1,
         "seconds": round(time.time() - start, 3),
-        "rank": rank,
+        "rank": ctx.rank,
     }

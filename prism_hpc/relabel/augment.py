@@ -14,6 +14,7 @@ cannot disagree about batch boundaries.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +73,18 @@ def _cutmix_box(lam: float, height: int, width: int, g: torch.Generator) -> tupl
     return y0, y1, x0, x1
 
 
+@dataclass(frozen=True)
+class PlanAugment:
+    """What a plan draws for each visit and batch (the `relabel.*` settings): the crop scale
+    range, flips, the batch mix and its Beta(a, a) parameter, RDED's patch shuffle."""
+
+    crop_scale: tuple[float, float] = (0.25, 1.0)
+    flip: bool = True
+    mix: str = "cutmix"
+    mix_alpha: float = 1.0
+    shuffle_patches: int = 1
+
+
 def make_epoch_plan(
     run_seed: int,
     epoch: int,
@@ -79,13 +92,12 @@ def make_epoch_plan(
     height: int,
     width: int,
     batch_size: int,
-    crop_scale: tuple[float, float] = (0.25, 1.0),
-    flip: bool = True,
-    mix: str = "cutmix",
-    mix_alpha: float = 1.0,
-    shuffle_patches: int = 1,
+    aug: PlanAugment | None = None,
 ) -> EpochPlan:
     """Draw the plan of `epoch` (pure function of its arguments)."""
+    aug = aug if aug is not None else PlanAugment()
+    crop_scale, flip, mix, mix_alpha = aug.crop_scale, aug.flip, aug.mix, aug.mix_alpha
+    shuffle_patches = aug.shuffle_patches
     if mix not in MIX_CODES:
         raise ValueError(f"mix must be one of {sorted(MIX_CODES)}, got {mix!r}")
     g = generator(run_seed, PLAN_STREAM, epoch)
@@ -214,7 +226,7 @@ def build_batch(
 def plan_from_config(cfg, epoch: int, num_images: int, height: int, width: int) -> EpochPlan:
     """The plan of `epoch` for a run: keyed by the run seed only (shared by all students)."""
     rel = cfg.relabel
-    return make_epoch_plan(
-        cfg.seed, epoch, num_images, height, width, cfg.students.batch_size,
-        tuple(rel.crop_scale), rel.flip, rel.mix, rel.mix_alpha, rel.shuffle_patches,
-    )  # fmt: skip
+    aug = PlanAugment(tuple(rel.crop_scale), rel.flip, rel.mix, rel.mix_alpha,
+                      rel.shuffle_patches)  # fmt: skip
+    return make_epoch_plan(cfg.seed, epoch, num_images, height, width, cfg.students.batch_size,
+                           aug)  # fmt: skip

@@ -13,6 +13,7 @@ from prism_hpc.stages.sealed import SealedStage
 from prism_hpc.store.atomic import read_marker, write_marker
 from prism_hpc.store.collect import MissingSlices, collect_shards
 from prism_hpc.store.integrity import check_marker
+from prism_hpc.store.rundir import RunDir
 from prism_hpc.store.shards import validate_shard
 from prism_hpc.workflow import Item, TaskEnv
 
@@ -50,12 +51,18 @@ def collect_run(cfg: Config, run_dir: Path, consolidate: bool = False) -> dict:
 class CollectStage(SealedStage):
     name = "collect"
     depends_on = ("recover",)
+    # runs when recover tasks failed, to name the missing slices (SLURM: afterany)
+    runs_after_failed_dependencies = True
+    primary_output = True  # distilled.h5 is what the pipeline is for
 
     def items(self, cfg: Config) -> list[Item]:
         return [Item(self.name, 0, "distilled", {})]
 
     def marker_path(self, run_dir: Path, item: Item) -> Path:
         return Path(run_dir) / "distilled.done"
+
+    def outputs(self, run_dir: Path) -> list[tuple[str, Path]]:
+        return [("distilled set", RunDir(Path(run_dir)).distilled)]
 
     def estimate(self, cfg: Config) -> dict:
         from prism_hpc.stages.costing import collect_cost, safely

@@ -8,25 +8,29 @@ architecture and resolution, cached); devices and throughputs from `prism_hpc.co
 Assumptions a reader should know (docs/cost.md has the full list): one node per task; DDP and
 multi-rank recovery scale linearly; data loading and JPEG decoding are free; ImageFolder data
 without a listing has ImageNet-1K's 1,281 training and 50 validation images per class.
+
+What this module computes is per task (seconds, memory, storage). How many tasks run at once
+and how many CPU threads each gets belong to the executor that will run them: its `slots` and
+`threads`, asked through `workflow.capacity()` (never re-derived here), turn the task seconds
+into wall time (`cost.model.summarise`) and price CPU work.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from functools import lru_cache
 from math import comb
 from typing import Any
 
-from prism_hpc.config.schema import Config, StageResources
+from prism_hpc.config.schema import Config
 from prism_hpc.cost.calibration import default_path, lookup, read_calibration
 from prism_hpc.cost.devices import TRAFFIC, Device
-from prism_hpc.cost.model import Pricing, Work, stage_device, summarise
+from prism_hpc.cost.model import Pricing, TaskLayout, Work, stage_device, summarise
 from prism_hpc.cost.runtime import squeeze_steps
 from prism_hpc.data.sources import num_classes_of
 from prism_hpc.errors import UserError
 from prism_hpc.models.flops import ArchCost, arch_cost, arch_key
+from prism_hpc.workflow import capacity
 
 GB = 1e9
 IMAGENET_TRAIN_PER_CLASS = 1281  # 1,281,167 / 1000
@@ -75,40 +79,6 @@ def data_sizes(cfg: Config) -> tuple[int, int, str]:
     )  # fmt: skip
 
 
-def _backend(cfg: Config) -> str:
-    if cfg.backend == "auto":
-        return "slurm" if shutil.which("sbatch") else "local"
-    return cfg.backend
-
-
-def slots(cfg: Config, res: StageResources, n_tasks: int) -> int:
-    """Tasks of one stage that run at once: on SLURM `array_parallelism` per array (the stage
-    has one array per `max_array_size` tasks; unset: all of them, the queue decides), the
-    local backend's capped `concurrency`, one in debug mode."""
-    backend = _backend(cfg)
-    if backend == "debug":
-        return 1
-    if backend == "slurm":
-        # one array per max_array_size tasks (hpc.plan.split), each capped at `%parallelism`
-        size = res.max_array_size or 1001
-        par = res.array_parallelism
-        sizes = [min(size, n_tasks - a) for a in range(0, n_tasks, size)]
-        return max(1, sum(min(k, par) if par else k for k in sizes))
-    ranks = res.tasks_per_node or 1
-    if res.gpus_per_node:
-        return max(1, res.concurrency or 1)
-    return max(1, min(res.concurrency or 1, (os.cpu_count() or 1) // ranks))
-
-
-def _local_threads(cfg: Config, res: StageResources) -> int:
-    """Intra-op threads a CPU task gets: the local backend's share of the cores, or SLURM's
-    `cpus_per_task`."""
-    if _backend(cfg) == "slurm":
-        return res.cpus_per_task or 1
-    ranks = res.tasks_per_node or 1
-    return max(1, (os.cpu_count() or 1) // (ranks * slots(cfg, res, 10**6)))
-
-
 def pricing(cfg: Config, stage: str, kind: str, precision: str, threads: int = 1):
     """(Pricing, resources, note) for `stage`: the device from `resources`, the calibration
     entry when the calibration file has one for it."""
@@ -149,6 +119,8 @@ def teacher_probs(cfg: Config) -> dict[str, float]:
     """Probability that each teacher runs in a slice's iterations (logit and BN roles share
     one forward, as `recover.objective` does)."""
     rec = cfg.recover
+    if rec.synthesis == "rded":  # the observer scores every crop
+        return {rec.logit_teacher: 1.0}
     if rec.matching.enabled:  # G-VBSM / EDC: one backbone per step, each 1/K of the steps
         names = rec.matching_backbones()
         return {n: (1 / len(names) if n in names else 0.0) for n in rec.teacher_names()}
@@ -169,8 +141,10 @@ def recover_cost(cfg: Config, rows: dict[int, int], storage_gb: float) -> dict[s
     """Per slice: chunks of `classes_per_batch` images x T_i iterations x the expected teacher
     forwards + backwards to the images; slices grouped `slices_per_task` per task."""
     rec = cfg.recover
-    half = rec.precision != "fp32"
-    price, res, note = pricing(cfg, "recover", "recover", rec.precision, rec.cpu_threads)
+    optimize = rec.synthesis == "optimize"  # RDED: fp32 forwards, no packs, no backward
+    precision = rec.precision if optimize else "fp32"
+    half = precision != "fp32"
+    price, res, note = pricing(cfg, "recover", "recover", precision, rec.cpu_threads)
     dev: Device = price.device
     probs = teacher_probs(cfg)
     costs = {n: teacher(cfg, n) for n in probs}
@@ -180,13 +154,14 @@ def recover_cost(cfg: Config, rows: dict[int, int], storage_gb: float) -> dict[s
         sizes = [
             min(rec.classes_per_batch, n_rows - a) for a in range(0, n_rows, rec.classes_per_batch)
         ]
-        iters = 1 if rec.init_only else rec.iterations_for(s)
-        if rec.synthesis == "rded":  # no optimisation: one forward per scored crop of each
-            # candidate (a forward ~ 1/3 of a forward + backward to the images)
+        if optimize:
+            iters = 1 if rec.init_only else rec.iterations_for(s)
+        else:  # RDED, no optimisation: one forward per scored crop of each candidate (a
+            # forward ~ 1/3 of a forward + backward to the images)
             iters = rec.rded.candidates * rec.rded.crops / 3
         chunk_s = []
         for b in sizes:
-            works = [Work(steps=iters / rec.pack)]  # packed chunks share their launches
+            works = [Work(steps=iters / (rec.pack if optimize else 1))]  # packs share launches
             for name, p in probs.items():
                 c = costs[name]
                 works.append(Work(p * iters * b * c.recover_flops,
@@ -210,8 +185,9 @@ def recover_cost(cfg: Config, rows: dict[int, int], storage_gb: float) -> dict[s
     joint = (fixed + sum(act.values())) / GB + dev.context_gb
     sequential = (fixed + max(act.values(), default=0.0)) / GB + dev.context_gb
     out = summarise(
-        "recover", tasks, price, max(1, res.gpus_per_node or 0), slots(cfg, res, len(tasks)),
-        res.time_min, storage_gb, joint if rec.memory == "joint" else sequential,
+        "recover", tasks, price,
+        TaskLayout(max(1, res.gpus_per_node or 0), capacity().slots(res, len(tasks)), res.time_min),
+        storage_gb, joint if not optimize or rec.memory == "joint" else sequential,
         _join(note, f"expected teachers per iteration {sum(probs.values()):.2f}"),
     )  # fmt: skip
     out["peak_mem_gb_joint"] = round(joint, 2)
@@ -226,7 +202,7 @@ def squeeze_cost(cfg: Config, names: list[str]) -> dict[str, Any]:
     """Per squeezed teacher: its optimizer steps (fwd + bwd + update) and one test-set eval."""
     train, test, size_note = data_sizes(cfg)
     res = cfg.resources.for_stage("squeeze")
-    price, res, note = pricing(cfg, "squeeze", "train", "fp32", _local_threads(cfg, res))
+    price, res, note = pricing(cfg, "squeeze", "train", "fp32", capacity().threads(res))
     infer, _, _ = pricing(cfg, "squeeze", "infer", "fp32", price.threads)
     sq = cfg.squeeze
     tasks, peaks = [], []
@@ -240,8 +216,8 @@ def squeeze_cost(cfg: Config, names: list[str]) -> dict[str, Any]:
         tasks.append(t + price.device.task_overhead_s)
         peaks.append((c.params * 16 + sq.batch_size * c.act_bytes) / GB)
     peak = max(peaks, default=0.0) + price.device.context_gb
-    return summarise("squeeze", tasks, price, max(1, res.gpus_per_node or 0),
-                     slots(cfg, res, len(tasks)), res.time_min, 0.0, peak,
+    return summarise("squeeze", tasks, price, TaskLayout(max(1, res.gpus_per_node or 0),
+                     capacity().slots(res, len(tasks)), res.time_min), 0.0, peak,
                      _join(note, size_note))  # fmt: skip
 
 
@@ -252,7 +228,8 @@ def collect_cost(cfg: Config, storage_gb: float) -> dict[str, Any]:
     """Reads every slice once (validation) and writes a Virtual Dataset: disk-bound."""
     price, res, note = pricing(cfg, "collect", "infer", "fp32")
     t = storage_gb * GB / COLLECT_BYTES_PER_S + price.device.task_overhead_s
-    return summarise("collect", [t], price, max(1, res.gpus_per_node or 0), 1, res.time_min,
+    return summarise("collect", [t], price,
+                     TaskLayout(max(1, res.gpus_per_node or 0), 1, res.time_min),
                      0.0, None, _join(note, "disk-bound"))  # fmt: skip
 
 
@@ -263,7 +240,7 @@ def relabel_cost(cfg: Config, n_images: int, chunks: list[tuple[int, int]],
                  storage_gb: float) -> dict[str, Any]:  # fmt: skip
     """Per file: its epochs x the distilled images x one forward of every ensemble teacher."""
     res = cfg.resources.for_stage("relabel")
-    price, res, note = pricing(cfg, "relabel", "infer", "fp32", _local_threads(cfg, res))
+    price, res, note = pricing(cfg, "relabel", "infer", "fp32", capacity().threads(res))
     ens = [teacher(cfg, n) for n in cfg.relabel.teachers]
     keys = [teacher_key(cfg, n) for n in cfg.relabel.teachers]
     batches = math.ceil(n_images / cfg.relabel.batch_size)
@@ -277,8 +254,8 @@ def relabel_cost(cfg: Config, n_images: int, chunks: list[tuple[int, int]],
     peak = (
         sum(c.params * 4 for c in ens) + 3 * b * max((c.max_out_bytes for c in ens), default=0)
     ) / GB
-    return summarise("relabel", tasks, price, max(1, res.gpus_per_node or 0),
-                     slots(cfg, res, len(tasks)), res.time_min, storage_gb,
+    return summarise("relabel", tasks, price, TaskLayout(max(1, res.gpus_per_node or 0),
+                     capacity().slots(res, len(tasks)), res.time_min), storage_gb,
                      peak + price.device.context_gb, note)  # fmt: skip
 
 
@@ -299,7 +276,7 @@ def train_cost(cfg: Config, n_images: int) -> dict[str, Any]:
     gpu = bool(res.gpus_per_node)
     precision = getattr(st, "precision", "auto")  # students.precision: newer configs only
     half = precision == "bf16" or (precision == "auto" and gpu and st.amp)
-    threads = st.cpu_threads or _local_threads(cfg, res)
+    threads = st.cpu_threads or capacity().threads(res)
     prec = "bf16" if half else "fp32"
     price, res, note = pricing(cfg, "train", "train", prec, threads)
     infer, _, _ = pricing(cfg, "train", "infer", prec, threads)
@@ -325,8 +302,8 @@ def train_cost(cfg: Config, n_images: int) -> dict[str, Any]:
         micro = math.ceil(st.batch_size / ranks / st.grad_accum)
         peak = max(peak, (c.params * 16 + micro * c.act_bytes * (0.5 if half else 1.0)) / GB)
         tasks += [t + price.device.task_overhead_s] * len(st.seeds)
-    return summarise("train", tasks, price, max(1, res.gpus_per_node or 0),
-                     slots(cfg, res, len(tasks)), res.time_min, ckpt,
+    return summarise("train", tasks, price, TaskLayout(max(1, res.gpus_per_node or 0),
+                     capacity().slots(res, len(tasks)), res.time_min), ckpt,
                      peak + price.device.context_gb,
                      _join(note, size_note, f"{ranks} rank(s) per student" if ranks > 1 else ""))  # fmt: skip
 
@@ -337,14 +314,15 @@ def train_cost(cfg: Config, n_images: int) -> dict[str, Any]:
 def report_cost(cfg: Config, n_images: int) -> dict[str, Any]:
     """Diversity features of the distilled set and of as many real images, then the report."""
     res = cfg.resources.for_stage("report")
-    price, res, note = pricing(cfg, "report", "infer", "fp32", _local_threads(cfg, res))
+    price, res, note = pricing(cfg, "report", "infer", "fp32", capacity().threads(res))
     name = cfg.metrics.extractor or cfg.recover.logit_teacher or next(iter(cfg.teachers))
     c = teacher(cfg, name)
     img = 2 * n_images
     t = price.seconds(Work(img * c.fwd_flops, _traffic(c, img, "infer", False),
                            arch=teacher_key(cfg, name)))  # fmt: skip
     t += REPORT_FIXED_S + price.device.task_overhead_s
-    return summarise("report", [t], price, max(1, res.gpus_per_node or 0), 1, res.time_min, 0.0,
+    return summarise("report", [t], price,
+                     TaskLayout(max(1, res.gpus_per_node or 0), 1, res.time_min), 0.0,
                      (c.params * 4 + cfg.metrics.batch_size * 3 * c.max_out_bytes) / GB
                      + price.device.context_gb, note)  # fmt: skip
 
@@ -354,8 +332,10 @@ def safely(fn, *args) -> dict[str, Any]:
     calibration file) becomes a note: `plan` still shows the rest, and `submit` (which plans
     with estimates too) never fails because of its estimate."""
     try:
-        return {**fn(*args), "backend": _backend(args[0])}
+        out = fn(*args)
     except UserError as err:
         return {"cost_note": f"no cost estimate: {err}"}
     except Exception as err:  # noqa: BLE001 - an estimate must never stop a submit
         return {"cost_note": f"no cost estimate: {type(err).__name__}: {err}"}
+    name = capacity().name  # whose parallelism the wall hours assume
+    return {**out, "backend": name} if name else out

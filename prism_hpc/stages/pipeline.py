@@ -10,6 +10,9 @@ from prism_hpc.workflow import StageRegistry
 REGISTRY_REF = "prism_hpc.stages.pipeline:registry"
 
 
+CANARY_REF = "prism_hpc.canary:run_canary"  # above the stages: it launches a whole run
+
+
 def registry() -> StageRegistry:
     from prism_hpc.stages.collect import CollectStage
     from prism_hpc.stages.rank import RankStage
@@ -26,4 +29,4 @@ def registry() -> StageRegistry:
     )  # fmt: skip
     from prism_hpc.data.listing import use_run_index
 
-    return StageRegistry(stages, REGISTRY_REF, open_run=use_run_index)
+    return StageRegistry(stages, REGISTRY_REF, open_run=use_run_index, canary=CANARY_REF)

@@ -32,9 +32,37 @@ def check_models(cfg: Config) -> None:
                 f"teachers.{name}.weights = 'squeeze' but squeeze.enabled is false "
                 "(give a weights file or enable squeeze)"
             )
+        if spec.weights == "torchvision":
+            check_torchvision_fits(cfg, name)
     for arch in cfg.students.archs:
         if arch not in known and not arch.startswith("timm:"):
             raise UserError(f"students.archs: '{arch}' is not a known model")
+
+
+IMAGENET_CLASSES = 1000  # what every torchvision classification `DEFAULT` weight set predicts
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
+
+
+def check_torchvision_fits(cfg: Config, name: str) -> None:
+    """`weights: torchvision` is torchvision's ImageNet network as published (1000 classes,
+    RGB input): refuse data it cannot classify instead of a silently wrong teacher."""
+    try:
+        classes: int | None = num_classes_of(cfg.data)
+    except UserError:
+        classes = None  # plan without the data: the channels can still be checked
+    wrong = []
+    if classes is not None and classes != IMAGENET_CLASSES:
+        wrong.append(_count(classes, "class"))
+    if cfg.data.channels != 3:
+        wrong.append(_count(cfg.data.channels, "channel"))
+    if wrong:
+        raise UserError(
+            f"teachers.{name}: weights torchvision are a {IMAGENET_CLASSES}-class 3-channel "
+            f"ImageNet network, but the data has {' and '.join(wrong)}"
+        )
 
 
 def torchvision_cache_file(arch: str) -> Path:
@@ -79,10 +107,18 @@ def check_weights(cfg: Config, run_dir: Path | None = None) -> list[str]:
     return warnings
 
 
-def check_data(cfg: Config) -> None:
-    """Data present, and enough images per class for the IPC slices asked for."""
-    source = open_source(cfg.data, "train")
-    n = num_classes_of(cfg.data)
+def check_data(cfg: Config, require_data: bool = True) -> list[str]:
+    """Data present, matching the config, and enough images per class for the IPC slices
+    asked for. Data that is absent is an error for `submit` and a warning for `plan` (a dry
+    run may be made away from the data); data that is there and does not match is an error
+    for both."""
+    try:
+        source = open_source(cfg.data, "train")
+    except UserError as err:
+        if require_data:
+            raise
+        return [f"data not checked: {err}"]
+    n = cfg.data.num_classes if cfg.data.num_classes is not None else source.num_classes
     if source.num_classes != n:
         raise UserError(f"data.num_classes = {n}: the data has {source.num_classes} classes")
     names = cfg.data.class_names
@@ -90,13 +126,14 @@ def check_data(cfg: Config) -> None:
         raise UserError(f"data.class_names has {len(names)} name(s), the data has {n} classes")
     counts = np.bincount(source.labels, minlength=n)
     if cfg.recover.ipc == "all":
-        return  # every slice holds only the classes that have an image for it
+        return []  # every slice holds only the classes that have an image for it
     need = cfg.recover.ipc_start + cfg.recover.ipc
     if cfg.recover.init == "real" and counts.min() < need:
         raise UserError(
             f"recover.ipc = {cfg.recover.ipc}: needs {need} images per class, the smallest class "
             f"of {cfg.data.root} has {int(counts.min())}"
         )
+    return []
 
 
 def preflight(cfg: Config, require_data: bool = True) -> list[str]:
@@ -107,13 +144,7 @@ def preflight(cfg: Config, require_data: bool = True) -> list[str]:
     warnings = recover_warnings(cfg)
     if require_data:  # submit: weights must load; plan (a dry run) does not load them
         warnings += check_weights(cfg)
-    try:
-        check_data(cfg)
-    except UserError as err:
-        if require_data or "recover.ipc" in str(err):
-            raise
-        warnings.append(f"data not checked: {err}")
-    return warnings
+    return warnings + check_data(cfg, require_data)
 
 
 def files_read(cfg: Config, run_dir: Path) -> list[Path]:

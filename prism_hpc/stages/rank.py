@@ -27,9 +27,10 @@ class RankStage(SealedStage):
 
     def items(self, cfg: Config) -> list[Item]:
         rec = cfg.recover
-        if rec.init_order == "file":
+        ranker = rec.ranker_name()
+        if ranker is None:  # init_order file (or a method without initial images)
             return []
-        payload = {"ranker": rec.ranker_name(), "criterion": rec.init_order}
+        payload = {"ranker": ranker, "criterion": rec.init_order}
         return [Item(self.name, 0, "order", payload)]
 
     def marker_path(self, run_dir: Path, item: Item) -> Path:
@@ -87,7 +88,7 @@ def _workers() -> int:
 
 def _rank_cost(cfg: Config) -> dict:
     """One forward of the ranker per training image (priced like the report's features)."""
-    from prism_hpc.cost.model import Work, summarise
+    from prism_hpc.cost.model import TaskLayout, Work, summarise
     from prism_hpc.stages.costing import _traffic, data_sizes, pricing, teacher, teacher_key
 
     name = cfg.recover.ranker_name()
@@ -99,5 +100,6 @@ def _rank_cost(cfg: Config) -> dict:
     t += price.device.task_overhead_s
     peak = (c.params * 4 + 256 * 3 * c.max_out_bytes) / 1e9 + price.device.context_gb
     notes = "; ".join(n for n in (note, size_note) if n)
-    return summarise("rank", [t], price, max(1, res.gpus_per_node or 0), 1, res.time_min, 0.0,
+    return summarise("rank", [t], price,
+                     TaskLayout(max(1, res.gpus_per_node or 0), 1, res.time_min), 0.0,
                      peak, notes)  # fmt: skip

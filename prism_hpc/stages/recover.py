@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from prism_hpc.config.schema import Config
@@ -89,12 +90,11 @@ class RecoverStage(SealedStage):
 
         storage = round(images * c * r * r / 1e9, 3)
         note = f"{len(rows)} slice(s) x {sizes} = {images} images, {iters} iterations in all"
-        rded = rec.synthesis == "rded"  # RDED scores crops, it does not iterate
-        if rded:
+        if rec.synthesis == "rded":  # RDED scores crops, it does not iterate
             note = (f"{len(rows)} slice(s) x {sizes} = {images} images, RDED: "
                     f"{rec.rded.candidates} x {rec.rded.crops} crops scored per image")  # fmt: skip
         return {
-            "image_iterations": 0 if rded else sum(rec.iterations_for(s) * k for s, k in rows.items()),
+            "image_iterations": sum(rec.iterations_for(s) * k for s, k in rows.items()),
             "slices": len(rows),
             "images": images,
             "storage_gb": storage,
@@ -106,12 +106,8 @@ class RecoverStage(SealedStage):
         import torch  # the science is imported by tasks only: planning and status stay light
         import torch.distributed as dist
 
-        from prism_hpc.data.index import class_index
-        from prism_hpc.data.sources import open_source, source_stats
-        from prism_hpc.models.teachers import load_teacher
-        from prism_hpc.recover.checks import bn_teacher_candidates, bnless_message
-        from prism_hpc.recover.objective import bn_hooks
-        from prism_hpc.recover.slices import recover_slice, recover_slices_packed
+        from prism_hpc.recover.driver import recover_item
+        from prism_hpc.recover.methods import schedule_for
 
         rec = cfg.recover
         if env.device.type == "cpu":
@@ -121,83 +117,80 @@ class RecoverStage(SealedStage):
             torch.backends.cudnn.benchmark = False
         else:  # speed over bit-identity: let cuDNN autotune its kernels per shape
             torch.backends.cudnn.benchmark = True
-        todo = [
-            s for s in item.payload["slices"]
-            if check_marker(env.run_dir, marker_for(slice_path(env.run_dir, s)))
-        ]  # fmt: skip
+        every = item.payload["slices"]
+        todo = [s for s in every
+                if check_marker(env.run_dir, marker_for(slice_path(env.run_dir, s)))]  # fmt: skip
         if not todo:
             return
-        source = open_source(cfg.data, "train", env.run_dir)
-        num_classes = num_classes_of(cfg.data, env.run_dir)
-        if source.num_classes != num_classes:
-            raise UserError(
-                f"data.num_classes = {num_classes}: the data has {source.num_classes} classes"
-            )
-        per_class = class_index(source.labels, num_classes)
-        if rec.init_order != "file":  # slot i of class c: the i-th image of the rank order
-            from prism_hpc.recover.ranking import load_order
-            from prism_hpc.stages.rank import order_path
-
-            per_class = load_order(order_path(env.run_dir), per_class)
-        classes_of = slice_rows(cfg)
-        stats = source_stats(cfg.data)
-        names = rec.teacher_names()
-        teachers = {n: load_teacher(cfg, n, env.run_dir, env.device) for n in names}
-        if env.device.type == "cuda":
-            teachers = {n: m.to(memory_format=torch.channels_last) for n, m in teachers.items()}
-        matcher = None
-        if rec.matching.enabled:  # G-VBSM / EDC: statistics precomputed by their stage
-            from prism_hpc.recover.gvbsm import StatMatcher
-            from prism_hpc.stages.statistics import load_statistics
-
-            matcher = StatMatcher(teachers, rec, load_statistics(cfg, env.run_dir, env.device))
-        with bn_hooks(teachers, rec.first_bn_multiplier) as hooks:
-            bnless = [n for n in bn_teacher_candidates(cfg) if not hooks[n].has_bn]
-            if bnless and env.is_main:
-                env.log("warning: " + bnless_message(bnless, rec.count_bnless, rec.reduction))
-            if rec.pack > 1:  # k chunks at once, across the task's slices (all of them:
-                # the packs must not depend on which slices a restart still has to do)
-                every = item.payload["slices"]
-                results = recover_slices_packed(
-                    cfg, every, teachers, hooks, source, per_class, num_classes, stats,
-                    env.device, env.rank, env.world_size, log=env.log,
-                    progress_dir=partial_dir(env.run_dir), members_of=classes_of,
-                    done=set(every) - set(todo),
-                )  # fmt: skip
-            elif rec.batching == "joint":  # the item's slices in one batch per class chunk
-                from prism_hpc.recover.joint import recover_group
-
-                every = item.payload["slices"]
-                results = recover_group(
-                    cfg, every, teachers, hooks, source, per_class, num_classes, stats,
-                    env.device, env.rank, env.world_size, log=env.log,
-                    progress_dir=partial_dir(env.run_dir), members_of=classes_of,
-                    done=set(every) - set(todo), matcher=matcher,
-                )  # fmt: skip
-            else:  # lazily, one slice after the other
-                results = (
-                    (s, recover_slice(
-                        cfg, s, teachers, hooks, source, per_class, num_classes, stats,
-                        env.device, env.rank, env.world_size, log=env.log,
-                        progress_dir=partial_dir(env.run_dir), members=classes_of[s],
-                        matcher=matcher,
-                    ))
-                    for s in todo
-                )  # fmt: skip
-            for s, result in results:
+        with _slice_context(cfg, env) as ctx:
+            # all the item's slices: a method's works may span them and must not depend on
+            # which slices a restart still has to do
+            for s, result in recover_item(ctx, schedule_for(rec), every, set(every) - set(todo)):
                 if env.is_main:
-                    ipc = torch.full((len(result["labels"]),), s, dtype=torch.int32).numpy()
-                    write_shard(
-                        slice_path(env.run_dir, s), result["images"], result["labels"], ipc,
-                        result["provenance"], run_dir=env.run_dir, inputs=env.inputs,
-                    )  # fmt: skip
-                    shutil.rmtree(partial_dir(env.run_dir) / f"slice_{s:05d}", ignore_errors=True)
-                    env.log(
-                        f"slice {s}: logit {result['provenance']['logit_teacher']}, BN "
-                        f"{result['provenance']['bn_teachers']}, top-1 "
-                        + ", ".join(
-                            f"{c['logit_top1']:.2f}" for c in result["provenance"]["chunks"]
-                        )
-                    )
+                    _write(env, s, result)
                 if env.world_size > 1:
                     dist.barrier()
+
+
+def _write(env: TaskEnv, s: int, result: dict) -> None:
+    """Slice `s`'s shard and marker; its restart files go."""
+    import numpy as np
+
+    prov = result["provenance"]
+    ipc = np.full((len(result["labels"]),), s, dtype=np.int32)
+    write_shard(slice_path(env.run_dir, s), result["images"], result["labels"], ipc, prov,
+                run_dir=env.run_dir, inputs=env.inputs)  # fmt: skip
+    shutil.rmtree(partial_dir(env.run_dir) / f"slice_{s:05d}", ignore_errors=True)
+    env.log(
+        f"slice {s}: logit {prov['logit_teacher']}, BN {prov['bn_teachers']}, top-1 "
+        + ", ".join(f"{c['logit_top1']:.2f}" for c in prov["chunks"])
+    )
+
+
+@contextmanager
+def _slice_context(cfg: Config, env: TaskEnv):
+    """The task's SliceContext: data index, teachers (loaded once), their BN hooks (removed
+    at the end) and statistic matcher, rank and restart folder."""
+    import torch
+
+    from prism_hpc.config.schema import OptimizeRecover
+    from prism_hpc.data.index import class_index
+    from prism_hpc.data.sources import open_source, source_stats
+    from prism_hpc.models.teachers import load_teacher
+    from prism_hpc.recover.checks import bn_teacher_candidates, bnless_message
+    from prism_hpc.recover.context import SliceContext
+    from prism_hpc.recover.objective import bn_hooks
+
+    rec = cfg.recover
+    source = open_source(cfg.data, "train", env.run_dir)
+    num_classes = num_classes_of(cfg.data, env.run_dir)
+    if source.num_classes != num_classes:
+        raise UserError(
+            f"data.num_classes = {num_classes}: the data has {source.num_classes} classes"
+        )
+    per_class = class_index(source.labels, num_classes)
+    if rec.ranker_name() is not None:  # slot i of class c: the i-th image of the rank order
+        from prism_hpc.recover.ranking import load_order
+        from prism_hpc.stages.rank import order_path
+
+        per_class = load_order(order_path(env.run_dir), per_class)
+    teachers = {n: load_teacher(cfg, n, env.run_dir, env.device) for n in rec.teacher_names()}
+    if env.device.type == "cuda":
+        teachers = {n: m.to(memory_format=torch.channels_last) for n, m in teachers.items()}
+    optimize = isinstance(rec, OptimizeRecover)
+    matcher = None
+    if optimize and rec.matching.enabled:  # G-VBSM / EDC: statistics precomputed by their stage
+        from prism_hpc.recover.gvbsm import StatMatcher
+        from prism_hpc.stages.statistics import load_statistics
+
+        matcher = StatMatcher(teachers, rec, load_statistics(cfg, env.run_dir, env.device))
+    hooks = bn_hooks(teachers, rec.first_bn_multiplier) if optimize else nullcontext({})
+    with hooks as bn:
+        bnless = [n for n in bn_teacher_candidates(cfg) if not bn[n].has_bn]
+        if bnless and env.is_main:
+            env.log("warning: " + bnless_message(bnless, rec.count_bnless, rec.reduction))
+        yield SliceContext(
+            cfg, teachers, bn, source, per_class, source_stats(cfg.data), env.device,
+            slice_rows(cfg), env.rank, env.world_size, env.log, partial_dir(env.run_dir),
+            matcher,
+        )  # fmt: skip

@@ -72,6 +72,7 @@ class RelabelStage(SealedStage):
         distilled = DistilledSet(Path(env.run_dir) / "distilled.h5")
         try:
             ensemble = load_ensemble(cfg, env.run_dir, env.device)
+            images = len(distilled)
             info = write_relabel_chunk(
                 cfg, chunk_path(env.run_dir, start, stop), range(start, stop), distilled,
                 ensemble, env.device, env.log,
@@ -79,6 +80,11 @@ class RelabelStage(SealedStage):
         finally:
             distilled.close()
         env.log(f"relabel {item.key}: {human_bytes(info['bytes'])} in {info['seconds']} s")
+        from prism_hpc.stages.tracked import tracker_for
+
+        visits = images * (stop - start)
+        with tracker_for(cfg, self.name, item, env) as tracker:
+            tracker.scalars(stop, {"images_per_s": visits / max(info["seconds"], 1e-9)})
         write_marker(
             self.marker_path(env.run_dir, item), info, env.run_dir,
             outputs=[chunk_path(env.run_dir, start, stop)], inputs=env.inputs,

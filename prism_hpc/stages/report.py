@@ -8,6 +8,7 @@ from pathlib import Path
 from prism_hpc.config.schema import Config
 from prism_hpc.stages.sealed import SealedStage
 from prism_hpc.store.atomic import write_marker
+from prism_hpc.store.rundir import RunDir
 from prism_hpc.workflow import Item, TaskEnv
 
 
@@ -18,6 +19,10 @@ class ReportStage(SealedStage):
     def items(self, cfg: Config) -> list[Item]:
         return [Item(self.name, 0, "report", {})]
 
+    def outputs(self, run_dir: Path) -> list[tuple[str, Path]]:
+        rd = RunDir(Path(run_dir))
+        return [("report", rd.root / "report.md"), ("figures", rd.figures)]
+
     def estimate(self, cfg: Config) -> dict:
         from prism_hpc.stages.costing import report_cost, safely
         from prism_hpc.stages.recover import distilled_size
@@ -26,6 +31,15 @@ class ReportStage(SealedStage):
             "note": "diversity features of the distilled set and its real reference, report",
             **safely(report_cost, cfg, distilled_size(cfg)),
         }
+
+    def _track(self, cfg: Config, item: Item, env: TaskEnv, report: Path) -> None:
+        """The final tables as text and the figures as images, to the enabled trackers."""
+        from prism_hpc.stages.tracked import tracker_for
+
+        with tracker_for(cfg, self.name, item, env) as tracker:
+            tracker.text("report", report.read_text(encoding="utf-8"))
+            for png in sorted(RunDir(Path(env.run_dir)).figures.glob("*.png")):
+                tracker.image(f"figures/{png.stem}", png)
 
     def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
         if not env.is_main:
@@ -40,6 +54,7 @@ class ReportStage(SealedStage):
             [run_dir], run_dir, compute_diversity=False, device=env.device, log=env.log
         )
         env.log(f"report: wrote {report}")
+        self._track(cfg, item, env, report)
         ref = result.get("reference") or {}
         write_marker(
             self.marker_path(run_dir, item),

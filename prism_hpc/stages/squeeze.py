@@ -7,6 +7,7 @@ from pathlib import Path
 from prism_hpc.config.schema import Config
 from prism_hpc.stages.sealed import SealedStage
 from prism_hpc.store.atomic import write_marker
+from prism_hpc.store.rundir import RunDir
 from prism_hpc.workflow import Item, TaskEnv
 
 
@@ -22,6 +23,9 @@ class SqueezeStage(SealedStage):
 
     def marker_path(self, run_dir: Path, item: Item) -> Path:
         return Path(run_dir) / "teachers" / f"{item.key}.done"
+
+    def outputs(self, run_dir: Path) -> list[tuple[str, Path]]:
+        return [("teachers", RunDir(Path(run_dir)).teachers)]
 
     def estimate(self, cfg: Config) -> dict:
         from prism_hpc.stages.costing import safely, squeeze_cost

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prism_hpc.config.schema import Config
+from prism_hpc.config.schema import Config, OptimizeRecover
 from prism_hpc.stages.sealed import SealedStage
 from prism_hpc.workflow import Item, TaskEnv
 
@@ -22,7 +22,9 @@ def statistics_path(run_dir: Path, teacher: str) -> Path:
 def statistics_teachers(cfg: Config) -> list[str]:
     """The teachers that need precomputed statistics ([] when matching needs none)."""
     rec = cfg.recover
-    return rec.matching_backbones() if rec.matching.needs_statistics else []
+    if not isinstance(rec, OptimizeRecover) or not rec.matching.needs_statistics:
+        return []
+    return rec.matching_backbones()
 
 
 def load_statistics(cfg: Config, run_dir: Path, device) -> dict:

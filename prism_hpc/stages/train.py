@@ -1,21 +1,31 @@
 """Train: one item per (student architecture, seed); DDP over the task's ranks.
 
 Outputs in `run_dir/students/<arch>/seed<k>/`: `ckpt.pt` (every epoch; the restart point),
-`metrics.json` and the `.done` marker. Training tasks are checkpointable: on preemption the
-SLURM layer calls `TrainStage.checkpoint_now()` (or `request_stop()`), the trainer stops after
-the current epoch's checkpoint and the requeued task resumes from it.
+`metrics.json` and the `.done` marker. Training tasks are checkpointable: on the warning
+signal before the time limit (or a preemption) the SLURM layer requeues the task (submitit's
+`checkpoint()`, or the rendered script's `scontrol requeue`) without telling the trainer, and
+the requeued task resumes after the last finished epoch: the epoch in flight is redone.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 from prism_hpc.config.schema import Config
 from prism_hpc.stages.recover import distilled_size
 from prism_hpc.stages.sealed import SealedStage
 from prism_hpc.store.atomic import write_marker
-from prism_hpc.store.rundir import CKPT_NAME, DONE_NAME, METRICS_NAME, student_dir
+from prism_hpc.store.rundir import (
+    CKPT_NAME,
+    DONE_NAME,
+    METRICS_NAME,
+    PROGRESS_NAME,
+    RunDir,
+    student_dir,
+)  # fmt: skip
 from prism_hpc.train.checks import check_train_config
 from prism_hpc.workflow import Item, TaskEnv
 
@@ -28,7 +38,8 @@ class TrainStage(SealedStage):
     name = "train"
     depends_on = ("relabel",)
     distributed = True
-    checkpointable = True
+    checkpointable = True  # an epoch checkpoint: a requeued task resumes from it
+    serves_eval_array = True  # eval_array.sbatch: students for plain-sbatch users
 
     def items(self, cfg: Config) -> list[Item]:
         check_train_config(cfg)
@@ -55,22 +66,24 @@ class TrainStage(SealedStage):
             **safely(train_cost, cfg, n),
         }
 
-    @staticmethod
-    def checkpoint_now() -> None:
-        """Preemption hook: stop after the current epoch's checkpoint (then requeue)."""
-        from prism_hpc.train.trainer import request_stop
+    def outputs(self, run_dir: Path) -> list[tuple[str, Path]]:
+        rd = RunDir(Path(run_dir))
+        return [("students", rd.students), ("results", rd.root / "results.md")]
 
-        request_stop()
+    def progress(self, run_dir: Path) -> dict[str, Any]:
+        found = student_progress(run_dir)
+        return {"students": found} if found else {}
+
+    def progress_lines(self, fields: dict[str, Any]) -> list[str]:
+        return [_student_line(s) for s in fields.get("students", [])]
 
     def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
-        from prism_hpc.train.trainer import train_student, write_metrics  # torch: tasks only
+        from prism_hpc.train.checkpoint import write_metrics  # torch: tasks only
+        from prism_hpc.train.trainer import train_student
 
         arch, seed = item.payload["arch"], item.payload["seed"]
         out = student_dir(env.run_dir, arch, seed)
-        metrics = train_student(
-            cfg, env.run_dir, arch, seed, out, env.device, env.rank, env.world_size,
-            log=env.log, progress=env.progress,
-        )  # fmt: skip
+        metrics = train_student(cfg, env, arch, seed, out)
         if env.is_main:
             write_metrics(out, metrics)
             write_marker(
@@ -79,3 +92,25 @@ class TrainStage(SealedStage):
                  "wall_seconds": metrics["wall_seconds"]},
                 env.run_dir, outputs=[out / CKPT_NAME, out / METRICS_NAME], inputs=env.inputs,
             )  # fmt: skip
+
+
+def student_progress(run_dir: Path) -> list[dict]:
+    """Epoch reached by each student that has started, from its small `progress.json`
+    (written by the trainer's rank 0; read here without torch)."""
+    found = []
+    for path in sorted(Path(run_dir).glob(f"students/*/seed*/{PROGRESS_NAME}")):
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # being replaced right now: the next look sees it
+        if isinstance(info, dict):
+            found.append({"student": f"{path.parent.parent.name}/{path.parent.name}", **info})
+    return found
+
+
+def _student_line(s: dict) -> str:
+    eta = s.get("eta_s") or 0
+    left = f", ETA {eta / 3600:.1f} h" if s.get("state") == "running" and eta else ""
+    return (f"  {s['student']}: epoch {float(s.get('epoch', 0)):.2f}/{s.get('epochs', '?')} "
+            f"({s.get('state', '?')}, loss {s.get('loss', '?')}, "
+            f"{s.get('images_per_s', '?')} img/s{left})")  # fmt: skip

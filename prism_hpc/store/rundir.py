@@ -169,12 +169,63 @@ def _default_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
+def _is_build(entry: Path) -> bool:
+    """A run-directory build in progress or left by a killed submit (`.NAME.tmp-HOST-PID`)."""
+    return entry.is_dir() and entry.name.startswith(".") and ".tmp-" in entry.name
+
+
 def _remove_dead_builds(parent: Path) -> None:
-    """Half-built run directories of killed submits (`.NAME.tmp-HOST-PID` next to runs)."""
+    """Half-built run directories of killed submits next to runs (or inside an existing
+    empty target)."""
     with contextlib.suppress(OSError):
         for entry in parent.iterdir():
-            if entry.is_dir() and entry.name.startswith(".") and ".tmp-" in entry.name:
+            if _is_build(entry):
                 remove_stale_tmp(entry, only=entry)
+
+
+def _existing_target(run_dir: Path) -> bool:
+    """True when `run_dir` is an existing empty folder (a mount point, a group-owned setgid
+    folder made for the run): it is kept, with its mode, group and ACLs, and the run is built
+    inside it. Refuses anything else that exists."""
+    if not run_dir.exists():
+        return False
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: exists and is not a directory")
+    if any(not _is_build(e) for e in run_dir.iterdir()):
+        raise UserError(f"{run_dir}: run directory exists; use --resume {run_dir} to continue it")
+    _remove_dead_builds(run_dir)
+    return True
+
+
+def _stage_dir(run_dir: Path, inside: bool) -> Path:
+    """Where the run is built: next to the target, or inside an existing empty target."""
+    name = f".{run_dir.name}.tmp-{host_tag()}-{os.getpid()}"
+    return run_dir / name if inside else run_dir.with_name(name)
+
+
+def _publish(tmp: Path, run_dir: Path, inside: bool) -> None:
+    """Move a finished build into place: one rename onto nothing, or, inside an existing
+    folder, its entries one by one with `config.yaml` (what makes a run a run) last."""
+    if not inside:
+        os.chmod(tmp, RUN_DIR_MODE)
+        os.rename(tmp, run_dir)  # onto nothing: atomic
+        return
+    if any(e != tmp and not _is_build(e) for e in run_dir.iterdir()):
+        raise UserError(f"{run_dir}: filled by someone else while the run was being built")
+    config = tmp / "config.yaml"
+    moved: list[Path] = []
+    try:
+        for entry in sorted(tmp.iterdir(), key=lambda e: e == config):
+            os.rename(entry, run_dir / entry.name)
+            moved.append(run_dir / entry.name)
+    except BaseException:
+        for path in moved:  # the target goes back to empty
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise
+    tmp.rmdir()
 
 
 def new_run_dir(
@@ -184,16 +235,12 @@ def new_run_dir(
     build: Callable[[RunDir], None] | None = None,
 ) -> RunDir:
     """Create a fresh run dir, complete or not at all: it is built under a temporary name
-    (config, provenance, then `build`, e.g. the data index) and renamed into place, so a kill
-    or a refusal at any point leaves no half-made run behind. Never touches an existing run
-    (use --resume for that)."""
+    (config, provenance, then `build`, e.g. the data index) and moved into place, so a kill
+    or a refusal at any point leaves no half-made run behind. An existing empty target keeps
+    its mode, group and ACLs (the build then happens inside it). Never touches an existing
+    run (use --resume for that)."""
     run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(cfg)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        if run_dir.is_dir():
-            raise UserError(
-                f"{run_dir}: run directory exists; use --resume {run_dir} to continue it"
-            )
-        raise UserError(f"{run_dir}: exists and is not a directory")
+    inside = _existing_target(run_dir)
     for parent in run_dir.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -204,8 +251,9 @@ def new_run_dir(
         run_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{run_dir}: cannot create a run directory here ({err.strerror})") from None
-    _remove_dead_builds(run_dir.parent)
-    tmp = run_dir.with_name(f".{run_dir.name}.tmp-{host_tag()}-{os.getpid()}")
+    if not inside:
+        _remove_dead_builds(run_dir.parent)
+    tmp = _stage_dir(run_dir, inside)
     old_umask = os.umask(0o027)
     try:
         tmp.mkdir(mode=RUN_DIR_MODE)
@@ -222,8 +270,7 @@ def new_run_dir(
         atomic_write_text(staged.config, dump_config(cfg))
         if build is not None:
             build(staged)
-        os.chmod(tmp, RUN_DIR_MODE)
-        os.rename(tmp, run_dir)  # onto nothing or an empty folder: atomic
+        _publish(tmp, run_dir, inside)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for folder in reversed(made):

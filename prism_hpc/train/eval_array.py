@@ -13,7 +13,6 @@ Only task 0 of a multi-task allocation works; bad input exits 2 with one line.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -21,25 +20,17 @@ from pathlib import Path
 from prism_hpc.errors import UserError
 from prism_hpc.store.rundir import RunDir
 from prism_hpc.train.checks import student_pairs
+from prism_hpc.workflow import array_item
 
-
-def item_of_array(run_dir: Path, chunk: int, array_index: int) -> int:
-    """plan.json: array `chunk` of the train stage, task `array_index` -> item index."""
-    try:
-        entries = json.loads((Path(run_dir) / "plan.json").read_text())
-        entry = next(e for e in entries if e.get("stage") == "train")
-        return int(entry["arrays"][chunk][array_index])
-    except (OSError, ValueError, StopIteration, KeyError, IndexError, TypeError):
-        raise UserError(
-            f"{run_dir}/plan.json: no train array {chunk} task {array_index}"
-        ) from None
+STAGE = "train"  # the pipeline stage whose items are the students (plan.json's entry)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
         if len(args) == 4 and args[1] == "--array":
-            run_dir, index = Path(args[0]), item_of_array(Path(args[0]), int(args[2]), int(args[3]))
+            run_dir = Path(args[0])
+            index = array_item(RunDir(run_dir).plan, STAGE, int(args[2]), int(args[3]))
         elif len(args) == 2:
             run_dir, index = Path(args[0]), int(args[1])
         else:

@@ -8,6 +8,8 @@ the SRe2L/PRISM code leaves T^2 out (irrelevant for AdamW up to its eps).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -59,6 +61,15 @@ def mae_gt(
     return F.l1_loss(s, t.float()) + ce_weight * ce(s, y, y_b, lam)
 
 
+@dataclass(frozen=True)
+class Mix:
+    """CutMix/Mixup partners of a batch: hard-label terms target `y` with weight `lam` and
+    the partner's label `y_b` with weight `1 - lam`."""
+
+    y_b: torch.Tensor
+    lam: float | torch.Tensor
+
+
 def student_loss(
     name: str,
     s: torch.Tensor,
@@ -67,10 +78,11 @@ def student_loss(
     *,
     temperature: float = 1.0,
     ce_weight: float = 0.1,
-    y_b: torch.Tensor | None = None,
-    lam: float = 1.0,
+    mix: Mix | None = None,
 ) -> torch.Tensor:
-    """Dispatch on `students.loss`; `t` may be None only for `ce`."""
+    """Dispatch on `students.loss`; `t` may be None only for `ce`; without `mix` the
+    hard-label terms target `y` alone."""
+    y_b, lam = (mix.y_b, mix.lam) if mix is not None else (None, 1.0)
     if name == "ce":
         return ce(s, y, y_b, lam)
     if t is None:

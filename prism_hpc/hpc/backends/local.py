@@ -21,10 +21,10 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from prism_hpc.config.schema import StageResources
 from prism_hpc.errors import TaskFailed, UserError
-from prism_hpc.hpc.distributed import free_port
-from prism_hpc.hpc.plan import StagePlan
-from prism_hpc.hpc.task import run_item
+from prism_hpc.hpc.executor import Executor, Run, register_executor
+from prism_hpc.hpc.plan import StagePlan, write_plan
 from prism_hpc.store.rundir import RunDir
 from prism_hpc.workflow import StageRegistry
 
@@ -147,6 +147,8 @@ def local_layout(ranks: int, concurrency: int, gpus: list[str], cores: int) -> L
 def _spawn(
     rd: RunDir, plan: StagePlan, index: int, layout: LocalLayout, slot: int
 ) -> list[subprocess.Popen]:
+    from prism_hpc.hpc.distributed import free_port  # torch: only when running
+
     key = plan.items[index].key
     port = free_port()
     procs = []
@@ -184,6 +186,8 @@ def _ranks(plan: StagePlan) -> int:
 
 
 def run_stage(rd: RunDir, plan: StagePlan, registry: StageRegistry, debug: bool = False) -> None:
+    from prism_hpc.hpc.task import run_item  # torch: only when running
+
     todo = [i.index for i in plan.items if not plan.stage.is_done(rd.root, i)]
     progress = Progress(plan.stage.name, len(plan.items), len(plan.items) - len(todo))
     if not plan.items:
@@ -259,3 +263,47 @@ def run_local(
     for plan in plans:
         run_stage(rd, plan, registry, debug)
     rd.append_state({"event": "local-finished"})
+
+
+def print_outputs(rd: RunDir, registry: StageRegistry) -> None:
+    """What the stages say a finished run offers (`Stage.outputs`), those that exist."""
+    print("outputs:")
+    for label, path in registry.outputs(rd.root):
+        if path.exists():
+            print(f"  {label:14s} {path}")
+
+
+def planned_layout(res: StageResources, concurrency: int) -> LocalLayout:
+    """The layout `run_stage` will choose, as the cost estimate sees it before running: the
+    stage's GPUs assumed present (the plan may be made on another machine), the cores of this
+    one."""
+    ranks = res.tasks_per_node or 1
+    gpus = [str(k) for k in range(ranks * concurrency)] if res.gpus_per_node else []
+    return local_layout(ranks, concurrency, gpus, machine_cores())
+
+
+@register_executor
+class LocalExecutor(Executor):
+    """This machine, in the foreground: items one at a time in-process, or as child processes
+    when a stage asks for concurrency or several ranks (capped to the machine)."""
+
+    name = "local"
+    auto_rank = 1  # wherever SLURM is not found
+    in_process = False  # True: every item in this process, exceptions propagate
+
+    @classmethod
+    def found(cls) -> bool:
+        return True
+
+    def launch(self, run: Run) -> None:
+        registry = run.registry.opened(run.rd.root)
+        plans = self.plan(run.cfg, registry, run.only)
+        write_plan(run.rd.plan, plans, registry.ref)
+        run_local(run.rd, plans, registry, debug=self.in_process)
+        print_outputs(run.rd, registry)
+
+    def slots(self, res: StageResources, n_tasks: int) -> int:
+        return planned_layout(res, res.concurrency or 1).concurrency
+
+    def threads(self, res: StageResources) -> int:
+        return planned_layout(res, res.concurrency or 1).threads

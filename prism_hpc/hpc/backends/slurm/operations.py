@@ -22,13 +22,15 @@ import subprocess
 from pathlib import Path
 
 from prism_hpc.errors import TaskFailed, UserError
+from prism_hpc.hpc.backends.slurm.executor import SlurmExecutor
 from prism_hpc.hpc.backends.slurm.query import (
     first_error_line,
     item_tasks,
     live_tasks,
     submit_events,
 )  # fmt: skip
-from prism_hpc.hpc.backends.slurm.submit import all_plans, next_attempt, submit_chain
+from prism_hpc.hpc.backends.slurm.submit import next_attempt, send_canaries, submit_chain
+from prism_hpc.hpc.executor import Run
 from prism_hpc.store.rundir import RunDir
 from prism_hpc.workflow import StageRegistry
 
@@ -59,11 +61,14 @@ def cancel_run(rd: RunDir) -> list[str]:
     return ids
 
 
-def resubmit_failed(rd: RunDir, registry: StageRegistry) -> dict[str, list[str]]:
+def resubmit_failed(
+    rd: RunDir, registry: StageRegistry, canary: bool = True
+) -> dict[str, list[str]]:
     """New arrays for items that are neither done nor alive; live tasks are kept; stale
-    dependents are cancelled and resubmitted against the new arrays and the kept tasks."""
+    dependents are cancelled and resubmitted against the new arrays and the kept tasks.
+    With `canary`, a new canary job (per resource shape) runs before the new arrays."""
     cfg = rd.load_config()
-    plans = all_plans(cfg, registry)
+    plans = SlurmExecutor().plan(cfg, registry)
     live, source = live_tasks(rd)
     changed: set[str] = set()  # stages whose dependents must now wait on something new
     todo: dict[str, list[int]] = {}
@@ -100,7 +105,8 @@ def resubmit_failed(rd: RunDir, registry: StageRegistry) -> dict[str, list[str]]
     for stage, tasks in stale.items():
         print(f"[{stage}] cancelled {len(tasks)} stale dependent(s): {' '.join(tasks.values())}")
     live_ids = {stage: list(tasks.values()) for stage, tasks in kept.items() if tasks}
-    return submit_chain(rd, cfg, plans, attempt, todo, live=live_ids)
+    canaries = send_canaries(Run(rd, cfg, registry, canary=canary), plans, todo, attempt)
+    return submit_chain(rd, cfg, plans, attempt, todo, live=live_ids, canaries=canaries)
 
 
 def _listing(per_stage: dict[str, dict[int, str]]) -> dict[str, list[dict]]:

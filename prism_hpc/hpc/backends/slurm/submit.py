@@ -1,9 +1,9 @@
 """Submission: one submitit array per stage (split at MaxArraySize), wired by dependencies.
 
-`collect` waits `afterany` on every recover array (so it runs, and names missing slices, even
-when some recover tasks failed); every other stage waits `afterok` on its predecessor; every
-dependent job has `--kill-on-invalid-dep=yes`. Job ids and the item of every array index are
-appended to `state.json`.
+A stage that `runs_after_failed_dependencies` (PRISM's collect) waits `afterany` on its
+predecessors' arrays (so it runs, and names what is missing, even when some of their tasks
+failed); every other stage waits `afterok`; every dependent job has `--kill-on-invalid-dep=yes`.
+Job ids and the item of every array index are appended to `state.json`.
 
 `sbatch` runs in the environment of `env.clean_submission_env` (the caller's allocation removed,
 `SLURM_CONF` kept). A failing `sbatch` is one line (`TaskFailed`, exit code 1), never
@@ -22,13 +22,23 @@ from prism_hpc.config.schema import Config
 from prism_hpc.errors import TaskFailed
 from prism_hpc.hpc.backends.slurm.env import clean_submission_env
 from prism_hpc.hpc.backends.slurm.query import first_error_line
+from prism_hpc.hpc.canary import Shape, shape_of, submit_canaries
+from prism_hpc.hpc.executor import Run
 from prism_hpc.hpc.pending import pending_items
-from prism_hpc.hpc.plan import StagePlan, make_plan, split, write_plan
-from prism_hpc.hpc.scripts import job_name, setup_lines, warning_signal, write_scripts
+from prism_hpc.hpc.plan import StagePlan, split, write_plan
+from prism_hpc.hpc.scripts import (
+    MAX_REQUEUES,
+    SbatchJob,
+    job_name,
+    sbatch_options,
+    setup_lines,
+    warning_signal,
+    write_scripts,
+)  # fmt: skip
 from prism_hpc.store.rundir import RunDir
-from prism_hpc.workflow import StageRegistry
 
-AFTERANY_STAGES = {"collect"}  # gates that must run even when some predecessors failed
+# what submitit writes itself: the array range of map_array, its log files, append mode
+SUBMITIT_WRITES = ("array", "output", "open-mode")
 
 
 def max_array_size() -> int:
@@ -47,41 +57,31 @@ def max_array_size() -> int:
     return 1001
 
 
-def _executor(rd: RunDir, cfg: Config, plan: StagePlan, folder: Path, dependency: str | None):
+def submitit_executor(
+    cfg: Config, name: str, res: dict[str, Any], folder: Path, dependency: str | None
+):
+    """A submitit executor whose sbatch file carries `sbatch_options` (the rendered scripts'
+    translation of the resources) as submitit parameters. The warning signal goes to the task,
+    whose submitit handler (SUBMITIT_PREEMPT_SIGNAL, read on the node) checkpoints/requeues."""
     import submitit
 
-    res = plan.resources
     try:
-        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=5)
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=MAX_REQUEUES)
     except RuntimeError as err:  # no srun on PATH
-        raise TaskFailed(f"submitit cannot submit stage {plan.stage.name}: {err}") from None
-    extra: dict[str, Any] = {
-        k.replace("-", "_"): v for k, v in (res.get("sbatch_extra") or {}).items()
-    }
-    if dependency:
-        extra["dependency"] = dependency
-        extra["kill_on_invalid_dep"] = "yes"
-    # resources.signal (default USR2@90, the delay capped for short limits): submitit signals
-    # the task, whose handler (SUBMITIT_PREEMPT_SIGNAL, read on the node) checkpoints/requeues
+        raise TaskFailed(f"submitit cannot submit stage {name}: {err}") from None
+    job = SbatchJob(res, job_name(cfg, name), batch_shell_signal=False,
+                    dependency=dependency)  # fmt: skip
+    # submitit's own keys are spelt with "_" (job_name, time, ...): the same spelling makes
+    # these replace its defaults instead of adding a second line
+    extra = {k.replace("-", "_"): v for k, v in sbatch_options(job).items()
+             if k not in SUBMITIT_WRITES}  # fmt: skip
     sig, delay = warning_signal(res)
-    extra.setdefault("signal", f"{sig}@{delay}")
     params: dict[str, Any] = {
-        "job_name": job_name(cfg, plan.stage.name),
-        "time": res["time_min"],
-        "mem": f"{int(res['mem_gb'] * 1024)}M",
-        "cpus_per_task": res["cpus_per_task"],
-        "ntasks_per_node": res["tasks_per_node"],
-        "nodes": 1,
         "setup": setup_lines(res) + [f"export SUBMITIT_PREEMPT_SIGNAL={sig}"],
         "additional_parameters": extra,
         "stderr_to_stdout": True,
         "signal_delay_s": delay,
     }
-    for key in ("partition", "account", "qos", "constraint"):
-        if res.get(key):
-            params[key] = res[key]
-    if res.get("gpus_per_node"):
-        params["gpus_per_node"] = res["gpus_per_node"]
     if res.get("array_parallelism"):
         params["array_parallelism"] = res["array_parallelism"]
     executor.update_parameters(**params)
@@ -110,7 +110,7 @@ def _submit_stage(
     for k, chunk in enumerate(split(len(indices), max_size)):
         items = [indices[i] for i in chunk]
         folder = rd.logs / plan.stage.name / f"attempt{attempt}_array{k}"
-        executor = _executor(rd, cfg, plan, folder, dependency)
+        executor = submitit_executor(cfg, plan.stage.name, plan.resources, folder, dependency)
         n = len(items)
         # submitit prints sbatch's stderr itself before raising: keep it for the one-line error
         try:
@@ -136,14 +136,15 @@ def _dependency(kind: str, job_ids: list[str]) -> str | None:
 
 def submit_chain(
     rd: RunDir, cfg: Config, plans: list[StagePlan], attempt: int, todo: dict[str, list[int]],
-    live: dict[str, list[str]] | None = None,
+    live: dict[str, list[str]] | None = None, canaries: dict[Shape, str] | None = None,
 ) -> dict[str, list[str]]:  # fmt: skip
     """Submit the items `todo[stage]` of every stage, chained; returns stage -> new array ids.
 
     A stage waits on what its predecessors submitted now plus their `live` tasks of earlier
     attempts (array job ids and `<array>_<task>` ids mix in one dependency list). A stage with
     nothing to submit passes on its live tasks, or else what it would itself have waited on
-    (train -> collect when relabel is online)."""
+    (train -> collect when relabel is online). A stage whose shape has a canary job in
+    `canaries` also waits on it (`afterok`)."""
     size_limit = max_array_size()
     live = live or {}
     waits: dict[str, list[str]] = {}  # what a dependent of each stage waits on
@@ -155,9 +156,11 @@ def submit_chain(
         if not indices:
             waits[name] = list(live.get(name, [])) or upstream
             continue
-        kind = "afterany" if name in AFTERANY_STAGES else "afterok"
+        kind = "afterany" if plan.stage.runs_after_failed_dependencies else "afterok"
         max_size = min(plan.resources.get("max_array_size") or size_limit, size_limit)
-        dependency = _dependency(kind, upstream)
+        canary = (canaries or {}).get(shape_of(plan.resources))
+        waits_for = [_dependency(kind, upstream), _dependency("afterok", [canary] if canary else [])]
+        dependency = ",".join(d for d in waits_for if d) or None
         try:
             records = _submit_stage(rd, cfg, plan, indices, dependency, attempt, max_size)
         except PartialSubmission as err:
@@ -178,37 +181,32 @@ def submit_chain(
     return submitted
 
 
-def submit_plans(rd: RunDir, cfg: Config, plans: list[StagePlan], attempt: int,
-                 only_incomplete: bool) -> dict[str, list[str]]:  # fmt: skip
-    """Submit every stage with work left, chained; returns stage -> array job ids."""
-    if only_incomplete:
-        todo = pending_items(rd.root, plans)
-    else:
-        todo = {p.stage.name: [i.index for i in p.items] for p in plans}
-    return submit_chain(rd, cfg, plans, attempt, todo)
-
-
-def all_plans(
-    cfg: Config, registry: StageRegistry, only: list[str] | None = None
-) -> list[StagePlan]:  # fmt: skip
-    return make_plan(cfg, registry.select(only), max_array_size())
-
-
-def submit_slurm(
-    rd: RunDir, cfg: Config, registry: StageRegistry, only: list[str] | None = None
-) -> dict[str, list[str]]:
-    """Submit the selected stages. plan.json and RUN/slurm/ always describe every stage, so
-    that the rendered scripts (eval_array.sbatch among them) work for any stage later."""
-    selected = {s.name for s in registry.select(only)}
-    everything = all_plans(cfg, registry)
-    write_plan(rd.plan, everything, registry.ref)
-    write_scripts(cfg, everything, rd.slurm, rd.root)
+def submit_run(run: Run, everything: list[StagePlan]) -> dict[str, list[str]]:
+    """Submit the run's selected stages; `everything`: every stage, planned. plan.json and
+    RUN/slurm/ always describe every stage, so that the rendered scripts (eval_array.sbatch
+    among them) work for any stage later."""
+    rd = run.rd
+    write_plan(rd.plan, everything, run.registry.ref)
+    write_scripts(run.cfg, everything, rd.slurm, rd.root)
+    selected = {s.name for s in run.registry.select(run.only)}
     plans = [p for p in everything if p.stage.name in selected]
     attempt = next_attempt(rd)
-    submitted = submit_plans(rd, cfg, plans, attempt, only_incomplete=True)
+    todo = pending_items(rd.root, plans)
+    canaries = send_canaries(run, plans, todo, attempt)
+    submitted = submit_chain(rd, run.cfg, plans, attempt, todo, canaries=canaries)
     if not submitted:
         print("nothing to do: every item has a valid marker")
     return submitted
+
+
+def send_canaries(run: Run, plans: list[StagePlan], todo: dict[str, list[int]],
+                  attempt: int) -> dict[Shape, str]:  # fmt: skip
+    """The canary jobs the arrays about to be submitted wait on (none when switched off by
+    `--no-canary` or `resources.canary.enabled: false`, or when the pipeline has none)."""
+    with_work = [p for p in plans if todo.get(p.stage.name)]
+    if not (run.canary and run.cfg.resources.canary.enabled and run.registry.canary and with_work):
+        return {}
+    return submit_canaries(run.rd, run.cfg, with_work, attempt, run.registry.canary)
 
 
 def next_attempt(rd: RunDir) -> int:

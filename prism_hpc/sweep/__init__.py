@@ -1,0 +1,1 @@
+"""Sweeps: one spec, many runs through the same executors."""
