@@ -128,8 +128,19 @@ class RecoverStage(SealedStage):
             for s, result in recover_item(ctx, schedule_for(rec), every, set(every) - set(todo)):
                 if env.is_main:
                     _write(env, s, result)
+                    _track(cfg, item, env, s, result["provenance"])
                 if env.world_size > 1:
                     dist.barrier()
+
+
+def _track(cfg: Config, item: Item, env: TaskEnv, s: int, provenance: dict) -> None:
+    if not cfg.tracking.enabled:
+        return
+    from prism_hpc.stages.tracked import track_slice, tracker_for
+
+    slice_item = Item(item.stage, item.index, f"slice_{s:05d}", item.payload)
+    with tracker_for(cfg, "recover", slice_item, env) as tracker:
+        track_slice(tracker, cfg, s, provenance)
 
 
 def _write(env: TaskEnv, s: int, result: dict) -> None:

@@ -77,6 +77,19 @@ class TrainStage(SealedStage):
     def progress_lines(self, fields: dict[str, Any]) -> list[str]:
         return [_student_line(s) for s in fields.get("students", [])]
 
+    def _track(self, cfg: Config, item: Item, env: TaskEnv, metrics: dict) -> None:
+        from prism_hpc.stages.tracked import track_student, tracker_for
+
+        if not cfg.tracking.enabled:
+            return
+        out = student_dir(env.run_dir, item.payload["arch"], item.payload["seed"])
+        try:
+            progress = json.loads((out / PROGRESS_NAME).read_text())
+        except (OSError, ValueError):
+            progress = {}
+        with tracker_for(cfg, self.name, item, env) as tracker:
+            track_student(tracker, metrics, progress)
+
     def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
         from prism_hpc.train.checkpoint import write_metrics  # torch: tasks only
         from prism_hpc.train.trainer import train_student
@@ -86,6 +99,7 @@ class TrainStage(SealedStage):
         metrics = train_student(cfg, env, arch, seed, out)
         if env.is_main:
             write_metrics(out, metrics)
+            self._track(cfg, item, env, metrics)
             write_marker(
                 self.marker_path(env.run_dir, item),
                 {"arch": arch, "seed": seed, "final": metrics["final"], "best": metrics["best"],
