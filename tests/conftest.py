@@ -26,6 +26,7 @@ TINY = {
     },
     "squeeze": {"max_steps": 80, "batch_size": 64, "lr": 0.1},
     "recover": {
+        "precision": "fp32",  # the tests' reference numbers are fp32 on every CPU
         "ipc": 3,
         "iterations": 12,
         "iteration_step": 2,

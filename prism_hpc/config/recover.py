@@ -178,8 +178,10 @@ class OptimizeRecover(RecoverBase):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     memory: Literal["joint", "sequential"] = "joint"
     # Autocast of the teachers' forward/backward (BN statistics, BN loss, CE, Adam stay fp32);
-    # fp16 adds dynamic loss scaling.
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # fp16 adds dynamic loss scaling. `auto`: per device from its capability (bf16 where
+    # native: CUDA >= 8.0, CPUs with AVX512-BF16/AMX; fp16 on older CUDA; else fp32), resolved
+    # by the recover task and priced by `plan` (docs/hardware.md).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # Chunks (or IPC slices) of a task optimised at once: one forward per teacher on the
     # concatenation of the chunks that drew it, BN statistics per chunk (docs/recover.md).
     pack: int = Field(1, ge=1)

@@ -30,6 +30,7 @@ from prism_hpc.cost.runtime import squeeze_steps
 from prism_hpc.data.sources import num_classes_of
 from prism_hpc.errors import UserError
 from prism_hpc.models.flops import ArchCost, arch_cost, arch_key
+from prism_hpc.stages.precision import planned_precision, requested
 from prism_hpc.workflow import capacity
 
 GB = 1e9
@@ -142,7 +143,8 @@ def recover_cost(cfg: Config, rows: dict[int, int], storage_gb: float) -> dict[s
     forwards + backwards to the images; slices grouped `slices_per_task` per task."""
     rec = cfg.recover
     optimize = rec.synthesis == "optimize"  # RDED: fp32 forwards, no packs, no backward
-    precision = rec.precision if optimize else "fp32"
+    choice = planned_precision(cfg)
+    precision = choice.precision
     half = precision != "fp32"
     price, res, note = pricing(cfg, "recover", "recover", precision, rec.cpu_threads)
     dev: Device = price.device
@@ -190,6 +192,11 @@ def recover_cost(cfg: Config, rows: dict[int, int], storage_gb: float) -> dict[s
         storage_gb, joint if not optimize or rec.memory == "joint" else sequential,
         _join(note, f"expected teachers per iteration {sum(probs.values()):.2f}"),
     )  # fmt: skip
+    out["precision"] = precision
+    if requested(cfg) == "auto":
+        out["cost_note"] = _join(out.get("cost_note") or "", f"precision {choice.reason}")
+    if choice.warning:
+        out["warnings"] = [*(out.get("warnings") or []), choice.warning]
     out["peak_mem_gb_joint"] = round(joint, 2)
     out["peak_mem_gb_sequential"] = round(sequential, 2)
     return out

@@ -136,6 +136,16 @@ def check_data(cfg: Config, require_data: bool = True) -> list[str]:
     return []
 
 
+def precision_warnings(cfg: Config) -> list[str]:
+    """An explicit half precision the recover device lacks natively (a CPU without
+    AVX512-BF16, a V100): it still runs as asked, several times slower."""
+    from prism_hpc.stages.precision import planned_precision
+
+    res = cfg.resources.for_stage("recover")
+    choice = planned_precision(cfg, local_cpu=not (res.gpus_per_node or res.gpu))
+    return [f"recover: {choice.warning}"] if choice.warning else []
+
+
 def preflight(cfg: Config, require_data: bool = True) -> list[str]:
     """Raise UserError on bad input; return warnings (data absent when not required)."""
     from prism_hpc.recover.checks import recover_warnings
@@ -144,6 +154,7 @@ def preflight(cfg: Config, require_data: bool = True) -> list[str]:
     warnings = recover_warnings(cfg)
     if require_data:  # submit: weights must load; plan (a dry run) does not load them
         warnings += check_weights(cfg)
+        warnings += precision_warnings(cfg)  # plan shows them in its estimate
     return warnings + check_data(cfg, require_data)
 
 

@@ -109,6 +109,7 @@ class RecoverStage(SealedStage):
         from prism_hpc.recover.driver import recover_item
         from prism_hpc.recover.methods import schedule_for
 
+        cfg = _resolved_precision(cfg, env)
         rec = cfg.recover
         if env.device.type == "cpu":
             torch.set_num_threads(rec.cpu_threads)
@@ -131,6 +132,20 @@ class RecoverStage(SealedStage):
                     _track(cfg, item, env, s, result["provenance"])
                 if env.world_size > 1:
                     dist.barrier()
+
+
+def _resolved_precision(cfg: Config, env: TaskEnv) -> Config:
+    """`recover.precision: auto` becomes what this task's device runs natively; an explicit
+    half precision the device lacks runs as asked, with one warning line."""
+    from prism_hpc.stages.precision import task_precision
+
+    if getattr(cfg.recover, "precision", None) is None:
+        return cfg  # RDED: no autocast
+    choice = task_precision(cfg, str(env.device))
+    if env.is_main and (choice.warning or cfg.recover.precision == "auto"):
+        env.log(f"warning: {choice.warning}" if choice.warning else f"precision {choice.reason}")
+    rec = cfg.recover.model_copy(update={"precision": choice.precision})
+    return cfg.model_copy(update={"recover": rec})
 
 
 def _track(cfg: Config, item: Item, env: TaskEnv, s: int, provenance: dict) -> None:
