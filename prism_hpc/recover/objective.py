@@ -21,6 +21,21 @@ from torch.autograd.function import once_differentiable
 from prism_hpc.models.registry import bn_layers
 
 
+def cpu_var_mean(xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Biased per-channel variance and mean over (N, H, W) on the CPU, in one pass over a
+    channels_last tensor (a (N*H*W, C) view) and two over a contiguous one; the same op
+    order for a whole batch and for each chunk of a pack, so both give the same bits."""
+    c = xs.shape[1]
+    if xs.is_contiguous(memory_format=torch.channels_last):
+        rows = xs.permute(0, 2, 3, 1).reshape(-1, c)  # a view: (N*H*W, C)
+        mean = rows.mean(0)
+        dev = rows - mean
+        return (dev * dev).mean(0), mean
+    mean4 = xs.mean((0, 2, 3), keepdim=True)
+    dev = xs - mean4
+    return (dev * dev).mean((0, 2, 3)), mean4.view(c)
+
+
 class ChannelStats(torch.autograd.Function):
     """Biased variance and mean per channel over (N, H, W): the hook's statistics.
 
@@ -35,19 +50,10 @@ class ChannelStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor):
         xs = fp32(x)
-        c = xs.shape[1]
         if xs.device.type != "cpu":
             var, mean = torch.var_mean(xs, dim=(0, 2, 3), unbiased=False)
-        elif xs.is_contiguous(memory_format=torch.channels_last):
-            rows = xs.permute(0, 2, 3, 1).reshape(-1, c)  # a view: (N*H*W, C)
-            mean = rows.mean(0)
-            dev = rows - mean
-            var = (dev * dev).mean(0)
         else:
-            mean = xs.mean((0, 2, 3), keepdim=True)
-            dev = xs - mean
-            var = (dev * dev).mean((0, 2, 3))
-            mean = mean.view(c)
+            var, mean = cpu_var_mean(xs)
         ctx.save_for_backward(x, mean)
         return var, mean
 
@@ -98,7 +104,6 @@ class GroupedChannelStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, sizes: tuple[int, ...]):
         xs = fp32(x)
-        c = xs.shape[1]
         if _one_pass(xs, sizes):
             used = xs[: sum(sizes)]
             view = used.reshape(len(sizes), sizes[0], *xs.shape[1:])
@@ -108,16 +113,7 @@ class GroupedChannelStats(torch.autograd.Function):
             start = 0
             for n in sizes:
                 part = xs[start : start + n]
-                if part.is_contiguous(memory_format=torch.channels_last):
-                    rows = part.permute(0, 2, 3, 1).reshape(-1, c)  # a view: (n*H*W, C)
-                    m = rows.mean(0)
-                    dev = rows - m
-                    v = (dev * dev).mean(0)
-                else:
-                    m4 = part.mean((0, 2, 3), keepdim=True)
-                    dev = part - m4
-                    v = (dev * dev).mean((0, 2, 3))
-                    m = m4.view(c)
+                v, m = cpu_var_mean(part)
                 means.append(m)
                 vars_.append(v)
                 start += n
