@@ -64,7 +64,6 @@ class StudentsConfig(Strict):
     ema: float | None = Field(None, gt=0, lt=1)
     eval_every: int = Field(10, ge=1)
     eval_batch_size: int = Field(256, ge=1)
-    pretrained_cfg: None = None  # reserved
     width: float = Field(1.0, gt=0, le=4)  # < 1 thins the student (CPU demos); 1 = torchvision
     # Hard-label term after CutMix/Mixup: `original` = the unmixed label (official SRe2L/PRISM
     # code), `mixed` = lam * CE(y) + (1 - lam) * CE(y_partner).
