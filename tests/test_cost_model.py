@@ -50,7 +50,9 @@ def _isolated(tmp_path_factory, monkeypatch):
 
 
 def _cfg(path: Path, *overrides: str):
-    cfg, _ = load_config(path, list(overrides))
+    """The config in fp32: the hand computations and the published runs they are checked
+    against are fp32 (`precision: auto` would price bf16 on the GPUs that have it)."""
+    cfg, _ = load_config(path, ["recover.precision=fp32", *overrides])
     return cfg
 
 
