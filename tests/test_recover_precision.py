@@ -161,7 +161,7 @@ def test_fp16_dynamic_loss_scaling_skips_overflow_and_lowers_the_scale(teachers,
 
 
 def test_precision_config_has_no_amp_alias():
-    assert OptimizeRecover().precision == "fp32" and OptimizeRecover().pack == 1
+    assert OptimizeRecover().precision == "auto" and OptimizeRecover().pack == 1  # issue 24
     assert OptimizeRecover(precision="bf16").precision == "bf16"
     with pytest.raises(ValueError, match="amp"):  # 0.x keeps no old spellings
         OptimizeRecover(amp="bf16")
