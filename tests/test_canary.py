@@ -43,6 +43,9 @@ def test_shape_and_canary_resources(tiny_cfg):
     tiny_cfg["resources"] = {"canary": {"time_min": 5, "mem_gb": 2}}
     sized = canary_resources(config_from_dict(tiny_cfg), b)
     assert (sized["time_min"], sized["mem_gb"], sized["gpus_per_node"]) == (5, 2, 4)
+    # one task with the CPUs of all the stage's ranks: the local executor inside starts them
+    ranked = canary_resources(cfg, {**a, "tasks_per_node": 2, "cpus_per_task": 3})
+    assert (ranked["tasks_per_node"], ranked["cpus_per_task"]) == (1, 6)
 
 
 def _events(run: Path, kind: str) -> list[dict]:

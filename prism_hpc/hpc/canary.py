@@ -43,9 +43,14 @@ def shape_of(res: dict[str, Any]) -> Shape:
 
 
 def canary_resources(cfg: Config, stage_res: dict[str, Any]) -> dict[str, Any]:
-    """The stage's resources (same shape, same ranks), time and memory from
+    """The stage's node shape (partition, GPUs, constraint, the same CPUs) as ONE task: the
+    canary runs the pipeline through the local executor, which starts a stage's ranks itself
+    (SLURM would otherwise start the whole canary once per rank). Time and memory from
     `resources.canary` where set."""
     res = dict(stage_res)
+    ranks = int(res.get("tasks_per_node") or 1)
+    res["tasks_per_node"] = 1
+    res["cpus_per_task"] = int(res.get("cpus_per_task") or 1) * ranks
     own = cfg.resources.canary.model_dump(exclude={"enabled"})
     res.update({k: v for k, v in own.items() if v is not None})
     if cfg.resources.canary.time_min is None:
