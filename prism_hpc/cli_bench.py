@@ -34,6 +34,14 @@ def _fmt_flops(v: float | None) -> str:
     return f"{v:.0f} FLOP"
 
 
+def _precision_choice(requested: str, device: str):
+    """The rule the recover stage applies (`hardware.capability`), so `auto` here times
+    exactly what a run on this device would use; a bad device is one line (exit 2)."""
+    from prism_hpc.hardware.capability import resolve_precision
+
+    return resolve_precision(requested, device)
+
+
 @bench_app.command()
 def recover(
     teachers: str = typer.Option(
@@ -45,7 +53,8 @@ def recover(
     warmup: int = typer.Option(3, min=0, help="Untimed iterations first."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
     precision: str = typer.Option(
-        "fp32", help="fp32 | bf16 | fp16 (autocast; BN statistics/loss, CE, Adam in fp32)."
+        "fp32", help="auto | fp32 | bf16 | fp16 (autocast; BN statistics/loss, CE, Adam in "
+        "fp32). auto: what `recover.precision: auto` runs on this device.",
     ),
     pack: int = typer.Option(1, min=1, help="Chunks of --batch images optimised at once."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile each teacher."),
@@ -70,7 +79,8 @@ def recover(
     from prism_hpc.recover.bench import BenchSpec, bench_recover
 
     for bad, message in (
-        (precision not in ("fp32", "bf16", "fp16"), "--precision must be fp32, bf16 or fp16"),
+        (precision not in ("auto", "fp32", "bf16", "fp16"),
+         "--precision must be auto, fp32, bf16 or fp16"),
         (memory not in ("joint", "sequential"), "--memory must be joint or sequential"),
     ):
         if bad:  # one line and exit 2 (prism-hpc's main), not a traceback
@@ -78,12 +88,17 @@ def recover(
     archs = [t.strip() for t in teachers.split(",") if t.strip()]
     if not archs:
         raise typer.BadParameter("--teachers needs at least one architecture")
+    choice = _precision_choice(precision, device)
+    precision = choice.precision
+    if choice.warning:
+        typer.echo(f"warning: {choice.warning}", err=True)
     spec = BenchSpec(archs, res, batch, device=device, memory=memory, precision=precision,
                      pack=pack, compile=compile, threads=threads)  # fmt: skip
     try:
         r = bench_recover(spec, iters, warmup=warmup, measure_memory=not no_memory)
     except (RuntimeError, ValueError) as err:
         raise UserError(str(err)) from None
+    r["precision_reason"] = choice.reason
     if calibrate:
         student_spec = (student, student_width, student_batch)
         r["calibration"] = _calibrate(r, spec, calibration, gpu, student_spec)

@@ -152,3 +152,19 @@ def test_gpu_script_smoke():
     assert len(rows) == 1 + 9  # header + 9 modes (smoke: 2 teachers only)
     assert all("| ok |" in row for row in rows[1:]), out.stdout
     assert any("pack 2" in row for row in rows) and "fewer ms per image-iteration" in out.stdout
+
+
+def test_bench_precision_auto_times_what_the_recover_stage_would_run():
+    from prism_hpc.hardware.capability import detect
+
+    result = CliRunner().invoke(
+        bench_app,
+        ["recover", "--teachers", "shufflenet_v2_x0_5", "--res", "16", "--batch", "2",
+         "--iters", "1", "--warmup", "0", "--threads", "1", "--no-memory", "--json",
+         "--precision", "auto"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output.strip().splitlines()[-1])
+    assert r["precision"] == ("bf16" if detect("cpu").native_bf16 else "fp32")
+    assert r["precision_reason"].startswith(f"auto: {r['precision']}")
+
