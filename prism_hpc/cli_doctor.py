@@ -23,10 +23,12 @@ def _storage_gb(cfg: Any) -> float | None:
     """What the plan writes (`plan`'s storage total), or None when it cannot be priced here;
     the free-space check then reports the free space alone."""
     try:
-        from prism_hpc.hpc.launch import plan_totals, plans_for
         from prism_hpc.stages import registry
 
-        return float(plan_totals(plans_for(cfg, registry()))["storage_gb"])
+        # storage does not depend on where the tasks run: the stages' own estimates, summed
+        # as `plan` sums them, without the cluster layer
+        return round(sum(float(s.estimate(cfg).get("storage_gb") or 0.0)
+                         for s in registry().stages), 3)  # fmt: skip
     except Exception as err:  # noqa: BLE001 - an estimate must never stop the checks
         typer.echo(f"warning: storage estimate skipped: {str(err).strip()[:200]}", err=True)
         return None

@@ -125,15 +125,19 @@ def test_bench_recover_reports_sane_numbers():
     json.dumps(r)  # serialisable for --json
 
 
-def test_bench_cli_json():
+def _bench_json(teachers: str, *extra: str) -> dict:
+    """`bench recover --json` at the smallest size: one timed iteration at 16 px."""
     result = CliRunner().invoke(
         bench_app,
-        ["recover", "--teachers", "shufflenet_v2_x0_5,shufflenet_v2_x0_5", "--res", "16", "--batch", "2",
-         "--iters", "1", "--warmup", "0", "--memory", "sequential", "--threads", "1",
-         "--no-memory", "--json"],
+        ["recover", "--teachers", teachers, "--res", "16", "--batch", "2", "--iters", "1",
+         "--warmup", "0", "--threads", "1", "--no-memory", "--json", *extra],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    r = json.loads(result.output.strip().splitlines()[-1])
+    return json.loads(result.output.strip().splitlines()[-1])
+
+
+def test_bench_cli_json():
+    r = _bench_json("shufflenet_v2_x0_5,shufflenet_v2_x0_5", "--memory", "sequential")
     assert r["memory"] == "sequential" and r["peak_mem_mb"] is None
     assert r["teachers"] == ["shufflenet_v2_x0_5", "shufflenet_v2_x0_5"]  # repeats allowed
     bad = CliRunner().invoke(bench_app, ["recover", "--amp", "fp8", "--no-memory"])
@@ -157,14 +161,7 @@ def test_gpu_script_smoke():
 def test_bench_precision_auto_times_what_the_recover_stage_would_run():
     from prism_hpc.hardware.capability import detect
 
-    result = CliRunner().invoke(
-        bench_app,
-        ["recover", "--teachers", "shufflenet_v2_x0_5", "--res", "16", "--batch", "2",
-         "--iters", "1", "--warmup", "0", "--threads", "1", "--no-memory", "--json",
-         "--precision", "auto"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    r = json.loads(result.output.strip().splitlines()[-1])
+    r = _bench_json("shufflenet_v2_x0_5", "--precision", "auto")
     assert r["precision"] == ("bf16" if detect("cpu").native_bf16 else "fp32")
     assert r["precision_reason"].startswith(f"auto: {r['precision']}")
 
