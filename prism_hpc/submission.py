@@ -32,14 +32,29 @@ class SubmitRequest:
     canary: bool = True  # SLURM: a canary job before the arrays (hpc/canary.py)
 
 
-def prepare(config: Path, overrides: list[str] | tuple[str, ...], require_data: bool):
+def check_resource_stages(cfg: Config, registry: StageRegistry, config: Path) -> None:
+    """`resources.<name>` must name a stage of the pipeline (or be default/canary)."""
+    unknown = cfg.resources.unknown_stages(registry.names)
+    if unknown:
+        raise UserError(
+            f"{config}: unknown key 'resources.{unknown[0]}' (not a stage; stages: "
+            f"{', '.join(registry.names)}; also default, canary)"
+        )
+
+
+def prepare(
+    config: Path, overrides: list[str] | tuple[str, ...], require_data: bool,
+    registry: StageRegistry | None = None,
+):  # fmt: skip
     """Load, override and check a config; returns (config, raw input, warnings)."""
     from prism_hpc.config.load import load_config
     from prism_hpc.hpc.executor import check_backend_name
+    from prism_hpc.stages import registry as default_registry
     from prism_hpc.stages.preflight import preflight
 
     cfg, raw = load_config(config, list(overrides))
     check_backend_name(cfg.backend, config_file=config)  # the executors know the names
+    check_resource_stages(cfg, registry or default_registry(), config)  # so do the stages
     try:
         warnings = preflight(cfg, require_data=require_data)
     except UserError as err:
@@ -85,7 +100,7 @@ def submit_run(
     if req.resume is not None:
         stored = open_run_dir(req.resume)
         source = req.config if req.config is not None else stored.config
-        cfg, _, _ = prepare(source, req.overrides, require_data=False)
+        cfg, _, _ = prepare(source, req.overrides, require_data=False, registry=registry)
         executor = executor_named(req.backend or cfg.backend)
         rd = open_run_dir(req.resume, cfg)
         lock = RunLock(rd).acquire()
@@ -95,7 +110,9 @@ def submit_run(
     else:
         if req.config is None:
             raise UserError("submit: give a CONFIG file (or --resume RUN_DIR)")
-        cfg, raw, warnings = prepare(req.config, req.overrides, require_data=True)
+        cfg, raw, warnings = prepare(
+            req.config, req.overrides, require_data=True, registry=registry
+        )
         for w in warnings:
             (warn or echo)(f"warning: {w}")
         executor = executor_named(req.backend or cfg.backend)  # fails before the run dir exists

@@ -93,6 +93,28 @@ def test_resources_inherit_default(tiny_cfg):
     assert (train.partition, train.time_min, train.gpus_per_node) == ("gpu", 30, 0)
 
 
+def test_resources_stage_blocks_are_checked_against_the_registry(tmp_path, tiny_cfg):
+    """A misspelt stage block would silently run the stage on the defaults."""
+    from prism_hpc.stages import registry
+    from prism_hpc.submission import prepare
+
+    tiny_cfg["resources"] = {"recovr": {"time_min": 90}}
+    path = write_yaml(tmp_path / "c.yaml", tiny_cfg)
+    res = load_config(path)[0].resources  # the schema knows no stage names
+    assert list(res.stages) == ["recovr"] and res.unknown_stages(registry().names) == ["recovr"]
+    with pytest.raises(UserError) as err:
+        prepare(path, [], require_data=False)
+    assert str(err.value) == (
+        f"{path}: unknown key 'resources.recovr' (not a stage; stages: squeeze, rank, "
+        "statistics, recover, collect, relabel, train, report; also default, canary)"
+    )
+    with pytest.raises(UserError, match=r"unknown key 'resources\.recover\.gpuu'"):
+        load_config(path, ["resources.recover.gpuu=h100"])  # inside a block: still strict
+    tiny_cfg["resources"] = {"recover": {"time_min": 90}}
+    path = write_yaml(tmp_path / "ok.yaml", tiny_cfg)
+    assert prepare(path, [], require_data=False)[0].resources.for_stage("recover").time_min == 90
+
+
 def _rded(tiny_cfg: dict, **recover) -> dict:
     tiny_cfg["recover"] = {"synthesis": "rded", "ipc": 2, "logit_teacher": "resnet18", **recover}
     return tiny_cfg

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from prism_hpc.config.common import Strict
 
@@ -111,22 +111,33 @@ class CanaryResources(StageResources):
 
 
 class Resources(Strict):
+    """`default`, `canary`, then one block per stage, keyed by the stage's name.
+
+    The stage blocks are a mapping rather than fixed fields because the stages are the
+    registry's, not this module's: a plug-in pipeline brings its own. Their names are checked
+    against the registry where it is known (`unknown_stages`, called by `plan` and `submit`).
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
+    __pydantic_extra__: dict[str, StageResources] = Field(init=False)
+
     default: StageResources = Field(default_factory=StageResources)
     canary: CanaryResources = Field(default_factory=CanaryResources)
-    squeeze: StageResources = Field(default_factory=StageResources)
-    rank: StageResources = Field(default_factory=StageResources)
-    statistics: StageResources = Field(default_factory=StageResources)
-    recover: StageResources = Field(default_factory=StageResources)
-    collect: StageResources = Field(default_factory=StageResources)
-    relabel: StageResources = Field(default_factory=StageResources)
-    train: StageResources = Field(default_factory=StageResources)
-    report: StageResources = Field(default_factory=StageResources)
+
+    @property
+    def stages(self) -> dict[str, StageResources]:
+        """The per-stage blocks the config wrote, by stage name."""
+        return dict(self.__pydantic_extra__ or {})
+
+    def unknown_stages(self, stage_names: list[str]) -> list[str]:
+        """Stage blocks that name no stage of the pipeline (a misspelt `recovr:` would
+        otherwise be ignored silently and the stage would run on the defaults)."""
+        return [name for name in self.stages if name not in stage_names]
 
     def for_stage(self, stage: str) -> StageResources:
         """Stage value, else `default`, else the built-in default (a stage without a block of
-        its own, e.g. a plug-in stage, takes `default`)."""
+        its own takes `default`)."""
         merged = RESOURCE_DEFAULTS.model_dump()
-        for layer in (self.default, getattr(self, stage, self.default)):
+        for layer in (self.default, self.stages.get(stage, self.default)):
             merged.update({k: v for k, v in layer.model_dump().items() if v is not None})
         return StageResources(**merged)
-
