@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from prism_hpc.errors import TaskFailed
+from prism_hpc.store import layout
 
 
 def _first(values: list[Any]) -> list[Any]:
@@ -77,13 +78,13 @@ def run_canary(run_dir: Path, folder: Path) -> dict[str, Any]:
 
     start = time.time()
     run_dir = Path(run_dir)
-    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    doctor = _doctor(config_from_dict(resolved, str(run_dir / "config.yaml")))
+    resolved = yaml.safe_load(layout.config_file(run_dir).read_text())
+    doctor = _doctor(config_from_dict(resolved, str(layout.config_file(run_dir))))
     folder.mkdir(parents=True, exist_ok=True, mode=0o750)
-    small = folder / "config.yaml"
+    small = layout.config_file(folder)  # the shrunk config, beside the scratch run
     atomic_write_text(small, yaml.safe_dump(shrink(resolved), sort_keys=False))
-    scratch = folder / "run"
-    resume = scratch if (scratch / "config.yaml").is_file() else None
+    scratch = layout.canary_run(folder)
+    resume = scratch if layout.config_file(scratch).is_file() else None
     req = SubmitRequest(small, backend="local", run_dir=None if resume else scratch,
                         resume=resume, canary=False)  # fmt: skip
     submit_run(req, registry(), lambda line: print(f"[canary] {line}", flush=True))

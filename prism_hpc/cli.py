@@ -256,10 +256,11 @@ def logs(
     index: Annotated[int, typer.Argument(help="Item index within the stage (see plan.json).")],
 ) -> None:
     """Print the path of a task's log file."""
+    from prism_hpc.store.layout import stage_logs
     from prism_hpc.store.rundir import open_run_dir
 
     rd = open_run_dir(run)
-    local = sorted((rd.logs / stage).glob("*.log")) if (rd.logs / stage).is_dir() else []
+    local = sorted(stage_logs(rd.root, stage).glob("*.log"))  # none when the folder is missing
     try:
         from prism_hpc.hpc.backends.slurm import log_path
 

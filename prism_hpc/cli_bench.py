@@ -65,7 +65,9 @@ def recover(
     calibrate: bool = typer.Option(
         False, "--calibrate",
         help="Also time student steps and forwards; write all three as this device's "
-        "throughputs to the calibration file that `plan` prefers over the device table.",
+        "throughputs to the calibration file that `plan` prefers over the device table, with "
+        "the speed options' timings that `recover.pack: auto` and `students.channels_last: "
+        "auto` read (pack 1 vs --pack, or 4 when --pack is 1; student NCHW vs channels_last).",
     ),
     calibration: str | None = typer.Option(
         None, help="Calibration file (default: $PRISM_HPC_CALIBRATION or the user cache)."
@@ -161,7 +163,44 @@ def _calibrate(
         target = write_entry(name, kind, measured, target)
     typer.echo(f"calibration: {name} " + ", ".join(
         f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in rates.items()) + f" -> {target}", err=True)
-    return {"device": name, "file": str(target), **{k: v for k, v in rates.items()}}
+    settings = _calibrate_settings(r, spec, student_spec, target)
+    return {"device": name, "file": str(target), **{k: v for k, v in rates.items()},
+            "settings": settings}  # fmt: skip
+
+
+def _calibrate_settings(r: dict, spec, student_spec: tuple[str, float, int], target) -> dict:
+    """The speed options' timings on this device (`hardware.tuning`): seconds per
+    image-iteration at pack 1 and packed (the step just timed, and one more bench at the other
+    pack), and a student training step in NCHW and channels_last."""
+    from dataclasses import replace
+
+    from prism_hpc.cost.calibration import write_setting
+    from prism_hpc.hardware.capability import detect
+    from prism_hpc.hardware.layout_probe import time_student_layouts
+    from prism_hpc.hardware.tuning import CHANNELS_LAST, PACK, PACK_TRIED, device_key
+    from prism_hpc.models.flops import ModelSpec
+    from prism_hpc.recover.bench import bench_recover, num_classes_for, num_threads
+
+    key = device_key(detect(r["device"]))
+    other = 1 if spec.pack > 1 else PACK_TRIED
+    again = bench_recover(replace(spec, pack=other), r["iters"], r["warmup"],
+                          measure_memory=False, count=False)  # fmt: skip
+    packs = {p: q["ms_per_image_iteration"] / 1e3 for p, q in ((spec.pack, r), (other, again))}
+    what = f"{','.join(spec.teachers)}, res {spec.res}, batch {spec.batch}, {r['precision']}"
+    write_setting(key, PACK, packs, f"{what}; s per image-iteration", target)
+    student, width, batch = student_spec
+    model = ModelSpec(student, spec.res, 3, num_classes_for(spec.res), width)
+    with num_threads(spec.threads):
+        layouts = time_student_layouts(model, batch, r["device"])
+    if len(layouts) == 2:
+        write_setting(key, CHANNELS_LAST, layouts,
+                      f"{student} x{width:g}, res {spec.res}, batch {batch}; s per step", target)  # fmt: skip
+    shown = {PACK: packs, CHANNELS_LAST: layouts}
+    typer.echo(f"calibration: {key}: " + "; ".join(
+        f"{n} " + ", ".join(f"{v} {t * 1e3:.2f} ms" for v, t in sec.items())
+        for n, sec in shown.items()), err=True)  # fmt: skip
+    return {"device_key": key,
+            **{n: {str(v): t for v, t in sec.items()} for n, sec in shown.items()}}  # fmt: skip
 
 
 @bench_app.command("calibrate")

@@ -12,7 +12,9 @@ import typer
 
 
 def sweep(
-    spec: Annotated[Path, typer.Argument(help="Sweep spec YAML (base, axes, set, throttle).")],
+    spec: Annotated[
+        Path, typer.Argument(help="Sweep spec YAML (base, axes | points, first, set, throttle).")
+    ],
     out: Annotated[
         Path | None, typer.Option(help="Sweep folder (default runs/sweeps/NAME).")
     ] = None,
@@ -22,6 +24,12 @@ def sweep(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the points; create nothing.")
     ] = False,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Points at once, each a child submit logging to FOLDER/POINT.log."
+        ),
+    ] = 1,
 ) -> None:
     """Run every point of a grid (rerun to resume: finished points are skipped by marker)."""
     from prism_hpc.stages import registry
@@ -34,7 +42,7 @@ def sweep(
         for line in describe(loaded, folder):
             typer.echo(line)
         return
-    states = run_sweep(SweepTarget(loaded, folder, backend), registry(), typer.echo)
+    states = run_sweep(SweepTarget(loaded, folder, backend, jobs), registry(), typer.echo)
     typer.echo(f"sweep folder: {folder} ({len(states)} point(s))")
     typer.echo(f"next: prism-hpc status {folder} | prism-hpc report {folder}")
 

@@ -99,6 +99,8 @@ class Stage:
         raise NotImplementedError
 
     def marker_path(self, run_dir: Path, item: Item) -> Path:
+        # = store.layout.stage_marker, spelt here because workflow sits below store (the
+        # layout test pins that the two agree)
         return Path(run_dir) / self.name / f"{item.key}.done"
 
     def markers(self, run_dir: Path, item: Item) -> list[Path]:

@@ -59,11 +59,12 @@ BASE = {
     },
     "relabel": {
         "teachers": ["resnet18", "mobilenet_v2"], "batch_size": 4, "epochs_per_task": 2,
+        "precision": "fp32",  # fp32 on every CPU: auto would follow its bf16 flags
     },
     "students": {
         "archs": ["resnet18"], "seeds": [0], "epochs": 3, "batch_size": 8, "width": 0.25,
         "eval_every": 1, "eval_limit": 200, "eval_batch_size": 100, "eval_workers": 0,
-        "cpu_threads": 1,
+        "cpu_threads": 1, "precision": "fp32",
     },
 }  # fmt: skip
 

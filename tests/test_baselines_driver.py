@@ -5,7 +5,6 @@ number (checked with the report's own matching in `prism_hpc.metrics.ddranking`)
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +16,12 @@ from prism_hpc.metrics import ddranking
 from prism_hpc.metrics.runs import RunInfo, StudentResult
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "benchmarks" / "fmnist_baselines" / "run.py"
+MODULE = "benchmarks.fmnist_baselines.run"
 
 
 @pytest.fixture(scope="module")
 def specs_mod():
-    spec = importlib.util.spec_from_file_location("fmnist_baselines_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)  # puts benchmarks/ and the folder on sys.path
-    return importlib.import_module("suite.specs")
+    return importlib.import_module("benchmarks.fmnist_baselines.suite.specs")
 
 
 def test_every_mode_builds_valid_configs_and_finds_every_method(specs_mod, tmp_path):
@@ -64,7 +59,7 @@ def test_one_protocol_a_method_differs_only_in_recover(specs_mod, tmp_path):
     assert (delt["iterations"], delt["iteration_step"]) == (100, 12)  # 200/25 halved
     assert not any(s.name.startswith("ipc10-delt-noise") for s in specs)  # real init only
     teachers = {t["weights"] for t in ref["teachers"].values()}
-    assert teachers == {str((tmp_path / "pool" / "teachers" / f"{n}.pt").resolve())
+    assert teachers == {str((tmp_path / "runs" / "pool" / "teachers" / f"{n}.pt").resolve())
                         for n in ref["teachers"]}  # fmt: skip
 
 
@@ -98,15 +93,16 @@ def test_partner_runs_supply_every_ddranking_number(specs_mod, tmp_path):
 def test_dry_run_lists_runs_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--dry-run", "--out", str(out), "--methods",
+        [sys.executable, "-m", MODULE, "--smoke", "--dry-run", "--out", str(out), "--methods",
          "sre2l,delt"], capture_output=True, text=True, check=False, cwd=REPO,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    names = [line.split()[0] for line in done.stdout.splitlines() if not line.startswith("[")]
+    names = [line.split(":")[0].strip() for line in done.stdout.splitlines()
+             if line.startswith("  ")]  # the sweep's dry run: one line per point  # fmt: skip
     assert names == ["pool", "full_real-hard", "ipc2-delt-real-s0", "ipc2-delt-real-hard-s0",
                      "ipc2-sre2l-noise-s0", "ipc2-sre2l-noise-hard-s0", "ipc2-random_real-s0",
                      "ipc2-sre2l-real-s0", "ipc2-sre2l-real-hard-s0"]  # other init last  # fmt: skip
     assert not out.exists()
-    bad = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--dry-run", "--methods",
-                          "nope"], capture_output=True, text=True, check=False)  # fmt: skip
+    bad = subprocess.run([sys.executable, "-m", MODULE, "--smoke", "--dry-run", "--methods",
+                          "nope"], capture_output=True, text=True, check=False, cwd=REPO)  # fmt: skip
     assert bad.returncode != 0 and "--methods: unknown ['nope']" in bad.stderr

@@ -1,11 +1,11 @@
-"""The Fashion-MNIST benchmark driver (benchmarks/fmnist_prism_vs_sre2l/run.py) without running
-the benchmark: the run list, configs through the schema, skip/resume decisions, one fake submit."""
+"""The Fashion-MNIST benchmark driver (benchmarks/fmnist_prism_vs_sre2l) without running the
+benchmark: the run list, configs through the schema, the sweep spec it hands to `prism-hpc
+sweep`, refusing changed runs, and stage times read from the items' markers."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,43 +14,42 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "benchmarks" / "fmnist_prism_vs_sre2l" / "run.py"
+MODULE = "benchmarks.fmnist_prism_vs_sre2l.run"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("fmnist_bench_driver", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)  # puts the script's folder (its `driver` package) on sys.path
-    return importlib.import_module("driver")
+    return importlib.import_module("benchmarks.fmnist_prism_vs_sre2l.driver")
 
 
-def _fake_run_dir(bench, out: Path, spec, finished: bool) -> Path:
-    rd = bench.run_dir(out, spec)
+@pytest.fixture(scope="module")
+def shared():
+    return importlib.import_module("benchmarks.fmnist_shared.runlist")
+
+
+def _fake_run_dir(shared, out: Path, spec) -> Path:
+    rd = shared.run_dir(out, spec)
     rd.mkdir(parents=True)
     text = yaml.safe_dump(spec.config, sort_keys=False)
     (rd / "config.input.yaml").write_text(text)
     (rd / "config.yaml").write_text(text)
-    if finished:
-        (rd / "report").mkdir()
-        (rd / "report" / "report.done").write_text(json.dumps({"report": "report.md"}))
     return rd
 
 
-def test_smoke_dry_run_lists_every_run(tmp_path):
+def test_smoke_dry_run_is_the_sweeps_dry_run(tmp_path):
     out = tmp_path / "smoke"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--dry-run", "--out", str(out)],
+        [sys.executable, "-m", MODULE, "--smoke", "--dry-run", "--out", str(out)],
         capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "SMOKE MODE" in result.stdout
-    lines = [line for line in result.stdout.splitlines() if not line.startswith("[bench]")]
-    names = [line.split()[0] for line in lines]
-    assert names[0] == "pool" and len(names) == 14  # pool + 5 main + 8 Table 2 rows
-    assert all(" new " in line for line in lines)
-    assert "--stages squeeze" in lines[0] and "--resume" not in result.stdout
+    assert "13 point(s) after 1 first" in result.stdout  # 5 main + 8 Table 2 rows
+    lines = [line.strip() for line in result.stdout.splitlines() if line.startswith("  ")]
+    names = [line.split(":")[0] for line in lines]
+    assert names[0] == "pool" and len(names) == 14 and len(set(names)) == 14
+    assert lines[0].endswith("--stages squeeze  [first]")
+    assert not any("[exists" in line for line in lines)
     assert not out.exists()  # a dry run writes nothing
 
 
@@ -64,7 +63,9 @@ def test_run_lists_and_merged_configs(bench, tmp_path):
     for s in main:
         cfg = s.config
         assert cfg["students"]["seeds"] == [0, 1, 2] and cfg["squeeze"]["enabled"] is False
-        assert cfg["teachers"]["resnet18"]["weights"] == str(tmp_path / "pool/teachers/resnet18.pt")
+        assert cfg["teachers"]["resnet18"]["weights"] == str(
+            tmp_path / "runs/pool/teachers/resnet18.pt"
+        )
         # the same number of student steps at every IPC, one relabel file, one evaluation
         assert cfg["students"]["epochs"] * s.ipc == 1000
         assert cfg["relabel"]["epochs_per_task"] == cfg["students"]["epochs"]
@@ -85,86 +86,61 @@ def test_run_lists_and_merged_configs(bench, tmp_path):
     assert len(bench.build_specs(bench.MODES["quick"], tmp_path)) < len(full)
 
 
-def test_skip_resume_changed_broken(bench, tmp_path):
+def test_the_run_list_becomes_a_sweep_spec_with_the_pool_first(bench, shared, tmp_path):
+    from prism_hpc.sweep.spec import load_spec
+
     out = tmp_path / "out"
     specs = bench.build_specs(bench.MODES["smoke"], out)
-    pool, done, partial, changed, broken, new = specs[:6]
-    _fake_run_dir(bench, out, done, finished=True)
-    _fake_run_dir(bench, out, partial, finished=False)
-    rd = _fake_run_dir(bench, out, changed, finished=True)
-    edited = dict(changed.config, seed=99)
-    (rd / "config.input.yaml").write_text(yaml.safe_dump(edited))
-    bench.run_dir(out, broken).mkdir(parents=True)
-    (bench.run_dir(out, broken) / "provenance.json").write_text("{}")
-    assert bench.status(out, done) == "done"
-    assert bench.status(out, partial) == "partial"
-    assert bench.status(out, changed) == "changed"
-    assert bench.status(out, broken) == "broken"
-    assert bench.status(out, new) == "new"
-    assert "--resume" in bench.command(out, partial, "partial", 2)
-    assert "--resume" not in bench.command(out, new, "new", 2)
+    spec = load_spec(shared.write_sweep(out, "smoke", specs))
+    assert [p.name for p in spec.first] == ["pool"] and spec.first[0].stages == ("squeeze",)
+    assert [p.name for p in spec.points] == [s.name for s in specs[1:]]
+    for s, point in zip(specs[1:], spec.points, strict=True):
+        assert yaml.safe_load(point.config.read_text()) == s.config  # the merged config as is
+        assert point.overrides == () and point.stages is None
+    pool_weights = shared.pool_dir(out) / "teachers" / "resnet18.pt"
+    assert specs[1].config["teachers"]["resnet18"]["weights"] == str(pool_weights)
+    again = load_spec(shared.write_sweep(out, "smoke", specs))
+    assert again.digest == spec.digest  # the same mode gives the same sweep: it resumes
 
-    # the pool: done when every squeezed teacher has weights and a marker; edits of base.yaml
-    # outside what the teachers depend on do not invalidate it
-    prd = _fake_run_dir(bench, out, pool, finished=False)
-    assert bench.status(out, pool) == "partial"
-    (prd / "teachers").mkdir()
-    for name in bench.squeezed_teachers(pool):
-        (prd / "teachers" / f"{name}.pt").write_bytes(b"x")
-        (prd / "teachers" / f"{name}.done").write_text("{}")
-    assert bench.status(out, pool) == "done"
+
+def test_a_run_started_from_another_config_is_refused(bench, shared, tmp_path):
+    out = tmp_path / "out"
+    specs = bench.build_specs(bench.MODES["smoke"], out)
+    pool, same, changed = specs[:3]
+    _fake_run_dir(shared, out, same)
+    rd = _fake_run_dir(shared, out, changed)
+    (rd / "config.input.yaml").write_text(yaml.safe_dump(dict(changed.config, seed=99)))
+    assert shared.changed_runs(out, specs) == [changed.name]
+    # the pool: only what the teachers depend on counts
+    prd = _fake_run_dir(shared, out, pool)
     stored = yaml.safe_load((prd / "config.input.yaml").read_text())
     stored["recover"]["lr"] = 1.0
     (prd / "config.input.yaml").write_text(yaml.safe_dump(stored))
-    assert bench.status(out, pool) == "done"
+    assert shared.changed_runs(out, specs) == [changed.name]
     stored["squeeze"]["lr"] = 1.0
     (prd / "config.input.yaml").write_text(yaml.safe_dump(stored))
-    assert bench.status(out, pool) == "changed"
+    assert shared.changed_runs(out, specs) == ["pool", changed.name]
 
 
-def test_runner_skips_done_and_times_a_fake_submit(bench, tmp_path, monkeypatch):
+def test_stage_times_come_from_the_markers(bench, shared, tmp_path):
+    """The report's stage columns: the `item_seconds` of the items' markers (no log line)."""
+    from benchmarks.fmnist_shared.timing import item_times, stage_seconds
+    from prism_hpc.stages import registry
+    from prism_hpc.store.rundir import RunDir
+
     out = tmp_path / "out"
-    (out / "logs").mkdir(parents=True)
-    specs = bench.build_specs(bench.MODES["smoke"], out)
-    done, partial = specs[1], specs[2]
-    _fake_run_dir(bench, out, done, finished=True)
-    rd = _fake_run_dir(bench, out, partial, finished=False)
-    # A stand-in for `prism-hpc`: argv = submit --resume RUN ...; logs two items, writes the marker
-    fake = (
-        "import sys, pathlib; rd = pathlib.Path(sys.argv[sys.argv.index('--resume') + 1]);"
-        "print('[train] 1/1 done (resnet18-seed0, 1.5 s)');"
-        "print('[report] 1/1 done (report, 0.5 s)');"
-        "(rd / 'report').mkdir(exist_ok=True); (rd / 'report' / 'report.done').write_text('{}')"
-    )
-    monkeypatch.setattr(bench.runner, "cli", lambda: [sys.executable, "-c", fake])
-    timings = bench.Timings(out / "timings.json")
-    runner = bench.Runner(out, 1, timings)
-    calls = []
-    real_popen = subprocess.Popen
-
-    def popen(cmd, *a, **kw):
-        calls.append(cmd)
-        return real_popen(cmd, *a, **kw)
-
-    monkeypatch.setattr(bench.runner.subprocess, "Popen", popen)
-    assert runner.run(done, "[1/2]") is True and calls == []  # finished: not launched
-    assert runner.run(partial, "[2/2]") is True and len(calls) == 1
-    assert "--resume" in calls[0] and str(rd) in calls[0]
-    assert bench.status(out, partial) == "done"
-    assert bench.stage_seconds(out, partial.name) == {"train": 1.5, "report": 0.5}
-    attempts = json.loads((out / "timings.json").read_text())["runs"][partial.name]
-    assert len(attempts) == 1 and attempts[0]["rc"] == 0 and attempts[0]["resume"] is True
-    assert runner.run(partial, "[2/2]") is True and len(calls) == 1  # now skipped
-
-    # the run dir deleted by hand: a fresh start, the old logs and timings no longer count
-    shutil.rmtree(rd)
-    monkeypatch.setattr(bench.runner, "cli", lambda: [sys.executable, "-c", "print('no marker')"])
-    assert runner.run(partial, "[2/2]") is False and len(calls) == 2
-    assert "--resume" not in calls[1]
-    assert bench.stage_seconds(out, partial.name) == {}
-    assert len(list((out / "logs" / "stale").glob(f"*{partial.name}.attempt1.log"))) == 1
-    data = json.loads((out / "timings.json").read_text())
-    assert len(data["runs"][partial.name]) == 1 and len(data["stale"][partial.name]) == 1
+    spec = bench.build_specs(bench.MODES["smoke"], out)[1]
+    rd = _fake_run_dir(shared, out, spec)
+    assert stage_seconds(rd) == {}
+    cfg = RunDir(rd).load_config()
+    for name, seconds in (("train", 1.5), ("report", 0.5)):
+        stage = registry().by_name(name)
+        (marker,) = stage.markers(rd, stage.items(cfg)[0])
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"id": name, "item_seconds": seconds}))
+    assert item_times(rd) == [("train", "resnet18-seed0", 1.5), ("report", "report", 0.5)]
+    assert stage_seconds(rd) == {"train": 1.5, "report": 0.5}
+    assert stage_seconds(tmp_path / "missing") == {}
 
 
 def test_estimate_orders_the_modes(bench, tmp_path):

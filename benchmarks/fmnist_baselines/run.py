@@ -1,40 +1,42 @@
 #!/usr/bin/env python
-"""Every SRe2L-family method on Fashion-MNIST under one protocol: resumable, timed, scored.
+"""Every SRe2L-family method on Fashion-MNIST under one protocol, through `prism-hpc sweep`.
 
-    .venv/bin/python benchmarks/fmnist_baselines/run.py [--quick | --ipc10 | --smoke] [--methods a,b]
-        [--out DIR] [--jobs N] [--dry-run] [--only GLOB] [--no-report]
+    .venv/bin/python -m benchmarks.fmnist_baselines.run [--quick | --ipc10 | --smoke]
+        [--methods a,b] [--out DIR] [--jobs N] [--dry-run] [--no-report] [--report-only]
 
-1. `pool`: `prism-hpc submit ... --stages squeeze` trains the shared teacher pool once.
-2. Per IPC, per method (PRISM = configs/fmnist_demo.yaml, each configs/baselines/fmnist_*.yaml)
-   and init, per recovery seed: a normal `prism-hpc submit` (recover -> collect -> relabel ->
-   train -> report) whose config is the protocol with the method's `recover` section; plus the
-   DD-Ranking partners: a hard-label run per method (syn-hard), the real images of the same
-   slots (rdm-any) and the full real training set with hard labels (real-hard).
+1. The run list (suite/specs.py) becomes a sweep spec, OUT/sweep.yaml, with each run's merged
+   config in OUT/configs/: the `first:` point `pool` (`stages: [squeeze]`) trains the shared
+   teacher pool once; then per IPC, per method (PRISM = configs/fmnist_demo.yaml, each
+   configs/baselines/fmnist_*.yaml) and init, per recovery seed a normal run (recover ->
+   collect -> relabel -> train -> report) whose config is the protocol with the method's
+   `recover` section; plus the DD-Ranking partners: a hard-label run per method (syn-hard),
+   the real images of the same slots (rdm-any) and the full real training set with hard labels
+   (real-hard).
+2. `prism-hpc sweep OUT/sweep.yaml --out OUT/runs --backend local --jobs N` runs them.
 3. OUT/BENCHMARKS.md: top-1 mean +- std per method, paired differences against PRISM,
-   diversity, LRS/HLR/IOR, wall time per method, every run.
+   diversity, LRS/HLR/IOR, wall time per method (from the items' markers), every run.
 
-Resumable like benchmarks/fmnist_prism_vs_sre2l/run.py (whose runner this reuses): rerun the
-same command after an interruption; finished runs are skipped, started ones resumed.
+Resumable like benchmarks/fmnist_prism_vs_sre2l: rerun the same command after an interruption;
+the sweep skips finished runs by their markers and resumes started ones. A wider `--methods` (or
+a new method config) into the same --out grows the sweep: only the new runs run, as long as the
+pool's teachers do not change; a narrower one is refused by the sweep (use --report-only).
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import os
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-for _path in (HERE, HERE.parent, HERE.parent.parent):  # suite; benchmarks/; the repository
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+from benchmarks.fmnist_shared.markdown import fmt_s
+from benchmarks.fmnist_shared.runlist import changed_runs, write_sweep
+from benchmarks.fmnist_shared.session import INTERRUPTED, dry_run, run_sweep
+from benchmarks.fmnist_shared.timing import run_states
 
-from fmnist_prism_vs_sre2l.driver import Timings, fmt_s
-from fmnist_prism_vs_sre2l.driver.runner import print_dry_run, run_session
-from suite.report import write_benchmarks
-from suite.specs import MODES, REPO, build_specs, discover_methods, validate
+from .suite.report import write_benchmarks
+from .suite.specs import MODES, REPO, build_specs, discover_methods, validate
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -64,12 +66,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--jobs",
         type=int,
         default=min(2, os.cpu_count() or 1),
-        help="runs side by side, one CPU thread each (default 2)",
+        help="runs side by side, one CPU thread each (default 2; `prism-hpc sweep --jobs`)",
     )
     p.add_argument(
-        "--dry-run", action="store_true", help="list runs, states, commands; run nothing"
+        "--dry-run", action="store_true", help="`prism-hpc sweep --dry-run`: list the runs"
     )
-    p.add_argument("--only", default=None, help="only runs whose name matches this glob (+ pool)")
     p.add_argument("--no-report", action="store_true", help="skip writing BENCHMARKS.md")
     p.add_argument(
         "--report-only",
@@ -92,38 +93,40 @@ def main(argv: list[str] | None = None) -> int:
     specs = build_specs(mode, out, methods, only)
     if only is not None:
         methods = [m for m in methods if m.key in only]
-    if args.only:
-        specs = specs[:1] + [s for s in specs[1:] if fnmatch.fnmatch(s.name, args.only)]
     validate(specs)
+    name = f"fmnist_baselines{suffix}"
     print(f"[bench] {mode.name} mode: {mode.note}", flush=True)
     print(f"[bench] methods: {', '.join(f'{m.key} ({m.label}, {m.path.relative_to(REPO)})' for m in methods)}",
           flush=True)  # fmt: skip
     print(f"[bench] out: {out}; {len(specs) - 1} runs + the teacher pool; --jobs {jobs}",
           flush=True)  # fmt: skip
     if args.dry_run:
-        print_dry_run(out, specs, jobs)
-        return 0
-
+        return dry_run(out, name, specs, jobs)
     if args.report_only:
         out.mkdir(parents=True, exist_ok=True)
         ran = [a for a in argv if a != "--report-only"]  # the command that made the runs
-        path = write_benchmarks(out, mode, specs, methods, Timings(out / "timings.json"), ran,
-                                jobs, [])  # fmt: skip
+        path = write_benchmarks(out, mode, specs, methods, (ran, jobs), [])
         print(f"[bench] wrote {path}", flush=True)
         return 0
-
-    failed, timings, start = run_session(out, mode.name, specs, jobs, argv)
-    if failed is None:
-        return 130
+    changed = changed_runs(out, specs)
+    if changed:
+        print(f"[bench] config changed since these runs started: {', '.join(changed)}; delete "
+              "their run dirs or use another --out", file=sys.stderr)  # fmt: skip
+        return 2
+    start = time.time()
+    rc = run_sweep(out, write_sweep(out, name, specs), jobs, mode.name, argv)
+    if rc == INTERRUPTED:
+        print("[bench] interrupted: rerun the same command to continue", flush=True)
+        return rc
+    states = run_states(out)
+    failed = [s.name for s in specs if states.get(s.name) != "done"] if rc else []
     if not args.no_report:
-        path = write_benchmarks(out, mode, specs, methods, timings, argv, jobs, failed)
+        path = write_benchmarks(out, mode, specs, methods, (argv, jobs), failed)
         print(f"[bench] wrote {path}", flush=True)
-    for name, log in failed:
-        print(f"[bench] FAILED: {name} (see {log})", flush=True)
     print(f"[bench] {mode.name} mode finished in {fmt_s(time.time() - start)}"
-          + (f"; {len(failed)} run(s) failed, rerun the same command to retry" if failed else ""),
-          flush=True)  # fmt: skip
-    return 1 if failed else 0
+          + (f"; not finished: {', '.join(failed)}; rerun the same command to retry (logs: "
+             f"{out / 'runs'}/<run>.log)" if failed or rc else ""), flush=True)  # fmt: skip
+    return 1 if rc else 0
 
 
 if __name__ == "__main__":

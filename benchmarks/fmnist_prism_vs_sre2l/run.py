@@ -1,53 +1,42 @@
 #!/usr/bin/env python
-"""PRISM vs SRe2L on the full Fashion-MNIST: every run of the benchmark, resumable, timed.
+"""PRISM vs SRe2L on the full Fashion-MNIST: every run of the benchmark through `prism-hpc sweep`.
 
-    .venv/bin/python benchmarks/fmnist_prism_vs_sre2l/run.py [--quick | --smoke] [--out DIR]
-        [--jobs N] [--dry-run] [--only GLOB]
+    .venv/bin/python -m benchmarks.fmnist_prism_vs_sre2l.run [--quick | --smoke] [--out DIR]
+        [--jobs N] [--dry-run] [--no-report]
 
-1. `pool`: a squeeze-only run (`prism-hpc submit ... --stages squeeze`) trains the teacher pool
-   of base.yaml once; every other run points its teachers at `pool/teachers/<name>.pt`.
-2. The runs, each a normal `prism-hpc submit` (recover -> collect -> relabel -> train -> report)
-   in its own run dir under OUT/runs/: the real-image baseline, SRe2L and PRISM from real and
-   noise init at each IPC x recovery seed (students: the seeds inside each run), and the rows of
-   the paper's Table 2 at IPC 10. `--jobs` runs go side by side, one CPU thread each.
+1. The mode's run list (driver/specs.py: base.yaml + one overlay of variants/ + per-run
+   settings) becomes a sweep spec, OUT/sweep.yaml, with each run's merged config in
+   OUT/configs/: its `first:` point `pool` (`stages: [squeeze]`) trains the teacher pool of
+   base.yaml once; every other run points its teachers at `runs/pool/teachers/<name>.pt`. The
+   runs: the real-image baseline, SRe2L and PRISM from real and noise init at each IPC x
+   recovery seed (students: the seeds inside each run), and the rows of the paper's Table 2.
+2. `prism-hpc sweep OUT/sweep.yaml --out OUT/runs --backend local --jobs N` runs them, `--jobs`
+   side by side, one CPU thread each (`--dry-run`: the sweep's dry run, nothing written).
 3. OUT/BENCHMARKS.md: accuracy (mean +- std), paired differences PRISM - SRe2L, diversity,
    Table 2, wall time of every stage, the command, measured unit costs and the estimated
    duration of every mode. A complete full run also copies it next to this file.
 
-Resumable: a run whose report marker exists is skipped, a started run continues with
-`prism-hpc submit --resume` (finished items are never redone), so rerunning the same command
-after an interruption finishes the job. A run whose merged config changed since it started is
-refused (use another --out). Stage times come from the local backend's "[stage] k/n done
-(item, X s)" lines in OUT/logs/<run>.attempt<k>.log.
+Resumable: rerun the same command; the sweep skips runs whose items are all done (by their
+markers) and resumes started ones (finished items are never redone). A run whose merged config
+changed since it started is refused (use another --out). Stage times are the `item_seconds`
+the task runner writes into every item's marker; submit times are the sweep's `sweep.json`.
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-for _path in (HERE, HERE.parent.parent):  # the driver package; the repository (prism_hpc)
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+from benchmarks.fmnist_shared.markdown import fmt_s
+from benchmarks.fmnist_shared.runlist import changed_runs, write_sweep
+from benchmarks.fmnist_shared.session import INTERRUPTED, dry_run, run_sweep
+from benchmarks.fmnist_shared.timing import run_states
 
-from driver import (
-    MODES,
-    REPO,
-    build_specs,
-    calibrate,
-    fmt_s,
-    publish,
-    status,
-    validate,
-    write_benchmarks,
-)
-from driver.runner import print_dry_run, run_session
+from .driver import HERE, MODES, REPO, build_specs, calibrate, publish, validate, write_benchmarks
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -67,13 +56,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--jobs",
         type=int,
         default=min(2, os.cpu_count() or 1),
-        help="runs side by side, one CPU thread each (default: 2)",
+        help="runs side by side, one CPU thread each (default: 2; `prism-hpc sweep --jobs`)",
     )
     p.add_argument(
-        "--dry-run", action="store_true", help="list the runs, their state and command; run nothing"
-    )
-    p.add_argument(
-        "--only", default=None, help="only runs whose name matches this glob (the pool always)"
+        "--dry-run", action="store_true", help="`prism-hpc sweep --dry-run`: list the runs"
     )
     p.add_argument("--no-report", action="store_true", help="skip writing BENCHMARKS.md")
     return p.parse_args(argv)
@@ -87,38 +73,38 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or REPO / "runs" / f"fmnist_prism_vs_sre2l{suffix}").resolve()
     jobs = max(1, args.jobs)
     specs = build_specs(mode, out)
-    if args.only:
-        specs = specs[:1] + [s for s in specs[1:] if fnmatch.fnmatch(s.name, args.only)]
     validate(specs)
+    name = f"fmnist_prism_vs_sre2l{suffix}"
     print(f"[bench] {mode.name} mode: {mode.note}", flush=True)
-    print(
-        f"[bench] out: {out}; {len(specs) - 1} runs + the teacher pool; --jobs {jobs}", flush=True
-    )
+    print(f"[bench] out: {out}; {len(specs) - 1} runs + the teacher pool; --jobs {jobs}",
+          flush=True)  # fmt: skip
     if args.dry_run:
-        print_dry_run(out, specs, jobs)
-        return 0
-
-    failed, timings, start = run_session(out, mode.name, specs, jobs, argv)
-    if failed is None:
-        return 130
+        return dry_run(out, name, specs, jobs)
+    changed = changed_runs(out, specs)
+    if changed:
+        print(f"[bench] config changed since these runs started: {', '.join(changed)}; delete "
+              "their run dirs or use another --out", file=sys.stderr)  # fmt: skip
+        return 2
+    start = time.time()
+    rc = run_sweep(out, write_sweep(out, name, specs), jobs, mode.name, argv)
+    if rc == INTERRUPTED:
+        print("[bench] interrupted: rerun the same command to continue", flush=True)
+        return rc
     if mode.name == "smoke" and not (out / "calibration.json").is_file():
         cal = calibrate(specs[1].config if len(specs) > 1 else specs[0].config)
         (out / "calibration.json").write_text(json.dumps(cal, indent=1) + "\n")
+    states = run_states(out)
+    failed = [s.name for s in specs if states.get(s.name) != "done"] if rc else []
     if not args.no_report:
-        path = write_benchmarks(out, mode, specs, timings, argv, jobs, failed)
+        path = write_benchmarks(out, mode, specs, argv, jobs, failed)
         print(f"[bench] wrote {path}", flush=True)
-        all_done = all(status(out, s) == "done" for s in specs)
-        if mode.name == "full" and all_done and not args.only:
+        if mode.name == "full" and not failed and rc == 0:
             publish(out, HERE)
             print(f"[bench] copied BENCHMARKS.md and figures/ to {HERE}", flush=True)
-    for name, log in failed:
-        print(f"[bench] FAILED: {name} (see {log})", flush=True)
-    print(
-        f"[bench] {mode.name} mode finished in {fmt_s(time.time() - start)}"
-        + (f"; {len(failed)} run(s) failed, rerun the same command to retry" if failed else ""),
-        flush=True,
-    )
-    return 1 if failed else 0
+    print(f"[bench] {mode.name} mode finished in {fmt_s(time.time() - start)}"
+          + (f"; not finished: {', '.join(failed)}; rerun the same command to retry (logs: "
+             f"{out / 'runs'}/<run>.log)" if failed or rc else ""), flush=True)  # fmt: skip
+    return 1 if rc else 0
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from prism_hpc.config.common import Strict
+from prism_hpc.config.priors import Prior, PriorChoice, resolve_prior
 
 
 class DataConfig(Strict):
@@ -48,6 +49,22 @@ class TeacherSpec(Strict):
     key_map: Literal["by_name", "by_position"] = "by_name"
     mean: list[float] | None = None  # the teacher's own input normalisation, if it differs
     std: list[float] | None = None
+    # What a statistic (BN-set) teacher is matched on: `bn` (BatchNorm running statistics),
+    # `norm_stats` (LayerNorm/GroupNorm input statistics over the training set, computed by
+    # the statistics stage), `none`; `auto`: what its layers allow (config/priors.py)
+    prior: PriorChoice = "auto"
+
+    def resolved_prior(self) -> Prior:
+        return resolve_prior(self.prior, self.arch)
+
+    @model_serializer(mode="wrap")
+    def _omit_auto_prior(self, handler):
+        """`prior: auto` is left out of dumps: the resolved config, and the soft-label
+        fingerprint made from it, stay what they were before the key existed."""
+        data = handler(self)
+        if self.prior == "auto" and isinstance(data, dict):
+            data.pop("prior", None)
+        return data
 
 
 class SqueezeConfig(Strict):
@@ -58,6 +75,5 @@ class SqueezeConfig(Strict):
     lr: float = Field(0.05, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
     # CPU intra-op threads, fixed like recover.cpu_threads: teachers are then bit-identical
-    # on any machine and under any local concurrency
+    # under any local concurrency on one hardware kind (other instruction sets: other last bits)
     cpu_threads: int = Field(1, ge=1)
-

@@ -94,6 +94,15 @@ class MatchingConfig(Strict):
         return self.enabled and (self.conv or self.class_aware)
 
 
+class NormStatsConfig(Strict):
+    """The statistics stage's pass for `prior: norm_stats` teachers (recover/norm_prior.py):
+    one un-augmented forward over the training set in file order. The stored statistics are
+    the training set's own (population) moments, so the batch size changes only rounding."""
+
+    batch_size: int = Field(256, ge=1)
+    limit_per_class: int | None = Field(None, ge=1)  # None: data.train_limit_per_class
+
+
 class RecoverBase(Strict):
     """What every synthesis method has: which IPC slices, how a task's work is cut, the task's
     threads. The methods below add their own keys and say which teachers they load."""
@@ -133,6 +142,7 @@ class OptimizeRecover(RecoverBase):
     synthesis: Literal["optimize"] = "optimize"
     preset: Literal["clean", "official"] = "clean"
     matching: MatchingConfig = Field(default_factory=MatchingConfig)  # G-VBSM / EDC
+    norm_stats: NormStatsConfig = Field(default_factory=NormStatsConfig)  # prior: norm_stats
     iterations: int = Field(4000, ge=1)
     iteration_step: int = Field(500, ge=0)  # T_i = iterations - step * (i mod period)
     iteration_period: int = Field(8, ge=1)
@@ -184,7 +194,9 @@ class OptimizeRecover(RecoverBase):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # Chunks (or IPC slices) of a task optimised at once: one forward per teacher on the
     # concatenation of the chunks that drew it, BN statistics per chunk (docs/recover.md).
-    pack: int = Field(1, ge=1)
+    # auto: the faster that `bench recover --calibrate` measured on the task's device (pack 1
+    # without one, or with matching / joint batching); opt-in: packing moves the last bits
+    pack: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     compile: bool = False  # torch.compile each teacher once per process (first steps slow)
 
     @model_validator(mode="after")
@@ -196,9 +208,9 @@ class OptimizeRecover(RecoverBase):
             )
         if self.logit_teacher is None and not self.logit_pool:
             raise ValueError("set logit_teacher or a non-empty logit_pool")
-        if self.matching.enabled and self.pack > 1:
+        if self.matching.enabled and self.pack != "auto" and self.pack > 1:
             raise ValueError("recover.matching needs pack 1 (one backbone per step, per chunk)")
-        if self.batching == "joint" and self.pack > 1:
+        if self.batching == "joint" and self.pack != "auto" and self.pack > 1:
             raise ValueError(
                 "recover.batching joint optimises a task's slices at once already: set pack 1"
             )
@@ -226,6 +238,14 @@ class OptimizeRecover(RecoverBase):
         names += self.bn_always + self.bn_pool
         if self.matching.enabled:
             names += self.matching.backbones
+        return list(dict.fromkeys(names))
+
+    def statistic_candidates(self) -> list[str]:
+        """Every teacher that can end up in a BN set (always, pool, logit with
+        bn_include_logit): the teachers whose `prior` matters."""
+        names = list(self.bn_always) + list(self.bn_pool)
+        if self.bn_include_logit:
+            names += ([self.logit_teacher] if self.logit_teacher else []) + list(self.logit_pool)
         return list(dict.fromkeys(names))
 
     def matching_backbones(self) -> list[str]:

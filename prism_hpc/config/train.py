@@ -29,6 +29,12 @@ class RelabelConfig(Strict):
     # RDED's ShufflePatches: each visit's image cut into a factor x factor grid, column and row
     # strips put in random order before the crop (relabel/patches.py); 1 = off
     shuffle_patches: int = Field(1, ge=1, le=8)
+    # Autocast of the teacher forwards (inference: no loss scaling). `auto`: the capability
+    # rule recovery uses (hardware/capability.py), resolved by each task on its own device:
+    # bf16 where native, fp16 on CUDA without bf16 (V100, T4), else fp32. Not part of the
+    # label files' fingerprint (like the hardware kind, it moves only the last bits); the
+    # resolved value is in each file's attrs and marker.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     @model_validator(mode="after")
     def _check_relabel(self) -> RelabelConfig:
@@ -68,17 +74,26 @@ class StudentsConfig(Strict):
     # Hard-label term after CutMix/Mixup: `original` = the unmixed label (official SRe2L/PRISM
     # code), `mixed` = lam * CE(y) + (1 - lam) * CE(y_partner).
     ce_target: Literal["original", "mixed"] = "original"
-    amp: bool = True  # bf16 autocast on GPU; ignored on CPU
+    amp: bool = True  # false: `precision: auto` means fp32 (the old off switch)
     eval_limit: int | None = Field(None, ge=1)  # evaluate on the first N test images (quick runs)
     eval_workers: int = Field(4, ge=0)  # DataLoader workers for ImageFolder validation
     cpu_threads: int | None = Field(None, ge=1)  # fixed intra-op threads on CPU (determinism)
-    # auto: bf16 autocast on GPU when `amp`, fp32 on CPU; bf16: autocast also on CPU
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    channels_last: bool | None = None  # None: on GPU only (CPU default keeps results bitwise)
+    # auto: the capability rule of recovery (hardware/capability.py) on the task's device:
+    # bf16 where native (CUDA >= 8.0, CPUs with AVX512-BF16/AMX), fp16 with loss scaling
+    # (torch.amp.GradScaler) on CUDA without bf16, else fp32; recorded in metrics.json
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # None: on GPU only (CPU default keeps results bitwise); auto: the faster of the two as
+    # `bench recover --calibrate` measured on this device, None's choice without a measurement
+    channels_last: bool | Literal["auto"] | None = None
     fused_optimizer: bool | None = None  # None: with channels_last (the rounding-only fast path)
     workers: int = Field(1, ge=0)  # DataLoader workers building step batches (0: in-process)
     prefetch: int = Field(4, ge=1)  # step batches each worker prepares ahead
     log_every: int = Field(100, ge=1)  # steps between progress lines (the only host syncs)
+
+    def requested_precision(self) -> str:
+        """What the capability rule is asked for: `precision`, with `amp: false` turning
+        auto into fp32."""
+        return "fp32" if self.precision == "auto" and not self.amp else self.precision
 
 
 class MetricsConfig(Strict):
@@ -88,5 +103,3 @@ class MetricsConfig(Strict):
 
     extractor: str | None = None
     batch_size: int = Field(256, ge=1)
-
-

@@ -5,6 +5,12 @@ real step sustained on this machine, with the threads and set-up it was measured
 file lives in the user cache (`$PRISM_HPC_CALIBRATION`, else
 `$XDG_CACHE_HOME/prism-hpc/calibration.json`, else `~/.cache/prism-hpc/calibration.json`),
 because it describes a machine, not an experiment.
+
+Beside the throughputs, `settings` holds what the speed options measured per device (one
+device = a GPU model, or a CPU model with its instruction-set flags): seconds per unit of
+work for each value of `recover.pack` and `students.channels_last`, which their `auto`
+values read (`hardware.tuning`), so that a choice comes from this device's measurement and
+not from one machine's experience.
 """
 
 from __future__ import annotations
@@ -83,8 +89,50 @@ def write_entry(dev: str, kind: str, measured: Measured, path: Path | None = Non
         "host": socket.gethostname(),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    _write(path, entries, read_settings(path))
+    return path
+
+
+def _write(path: Path, entries: dict, settings: dict) -> None:
+    """Both sections, atomically (writing one keeps the other)."""
+    data: dict[str, Any] = {"version": VERSION, "entries": entries}
+    if settings:
+        data["settings"] = settings
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"version": VERSION, "entries": entries}, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def read_settings(path: Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """{device key: {setting: {"seconds": {value: s}, "setup": ..., "measured_at": ...}}};
+    {} without a file or a section (a broken section is an error, as for the entries)."""
+    path = Path(path) if path is not None else default_path()
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text()).get("settings") or {}
+        for dev, found in settings.items():
+            for name, entry in found.items():
+                if min(float(v) for v in entry["seconds"].values()) <= 0:
+                    raise ValueError(f"bad setting {dev}/{name}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"calibration file {path}: {err} (delete it or re-run bench --calibrate)")
+    return settings
+
+
+def write_setting(
+    dev_key: str, name: str, seconds: dict[str, float], setup: str, path: Path | None = None
+) -> Path:
+    """Record one speed option's timings on one device (`seconds`: option value as text ->
+    seconds per the same unit of work), keeping every other entry and setting."""
+    path = Path(path) if path is not None else default_path()
+    settings = read_settings(path)
+    settings.setdefault(dev_key, {})[name] = {
+        "seconds": {str(k): float(v) for k, v in seconds.items()},
+        "setup": setup,
+        "host": socket.gethostname(),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    _write(path, read_calibration(path), settings)
     return path
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prism_hpc.errors import UserError
+from prism_hpc.store import layout
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}  # compared lower-case
-INDEX_DIR = "data_index"
 FORMAT = "prism-data-index-v1"
 _CACHE: dict[str, FolderListing] = {}
 
@@ -121,15 +121,13 @@ def list_folder(folder: Path) -> FolderListing:
 def use_run_index(run_dir: Path) -> None:
     """Make this process's listings those of the run's index (a task or `status` then never
     walks the data folder, whichever code asks for it)."""
-    folder = Path(run_dir) / INDEX_DIR
-    if folder.is_dir():
-        for path in sorted(folder.glob("*.json.gz")):
-            listing = read_listing(path)
-            _CACHE.setdefault(listing.folder, listing)
+    for path in layout.data_index_files(run_dir):  # none when the run has no index
+        listing = read_listing(path)
+        _CACHE.setdefault(listing.folder, listing)
 
 
 def index_path(run_dir: Path, split: str) -> Path:
-    return Path(run_dir) / INDEX_DIR / f"{split}.json.gz"
+    return layout.data_index(run_dir, split)
 
 
 def write_listing(path: Path, listing: FolderListing) -> None:

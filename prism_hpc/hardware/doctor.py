@@ -152,11 +152,18 @@ def _precision_checks(
     basis = "measured" if measured else "by rule"
     detail = f"{auto.reason} ({basis})"
     checks = [Check("precision", "ok", detail, {"auto": auto.precision, "basis": basis})]
-    if cfg is not None:
-        asked = choose_precision(cfg.recover.precision, cap, measured)
+    if cfg is None:
+        return checks, auto
+    asks = {"recover": getattr(cfg.recover, "precision", "fp32"),  # RDED: no autocast
+            "relabel": cfg.relabel.precision if cfg.relabel.mode != "none" else None,
+            "students": cfg.students.requested_precision()}  # fmt: skip
+    for stage, requested in asks.items():
+        if requested is None:
+            continue
+        asked = choose_precision(requested, cap, measured)
         status = "warn" if asked.warning else "ok"
-        detail = asked.warning or f"recover.precision {asked.precision}: no known slowdown here"
-        checks.append(Check("recover_precision", status, detail, {"precision": asked.precision}))
+        detail = asked.warning or f"{stage}.precision {requested} -> {asked.precision} here"
+        checks.append(Check(f"{stage}_precision", status, detail, {"precision": asked.precision}))
     return checks, auto
 
 

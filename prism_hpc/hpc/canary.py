@@ -21,19 +21,15 @@ from typing import Any
 from prism_hpc.config.schema import Config
 from prism_hpc.errors import TaskFailed
 from prism_hpc.hpc.plan import StagePlan
+from prism_hpc.store import layout
 from prism_hpc.store.atomic import atomic_write_text
 from prism_hpc.store.rundir import RunDir
 
 CANARY_TIME_MIN = 20  # default limit: doctor + one tiny item per stage, imports included
-MARKER = "canary.done"
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
                  "DEADLINE", "PREEMPTED"}  # fmt: skip
 
 Shape = tuple[str, int, str]
-
-
-def canary_folder(run_dir: Path, attempt: int) -> Path:
-    return Path(run_dir) / "canary" / f"attempt{attempt}"
 
 
 def shape_of(res: dict[str, Any]) -> Shape:
@@ -64,9 +60,9 @@ class CanaryCall:
     def __call__(self, run_dir: str, attempt: int, ref: str) -> str:
         module, _, attr = ref.partition(":")
         check = getattr(importlib.import_module(module), attr)
-        folder = canary_folder(Path(run_dir), attempt)
+        folder = layout.canary_dir(run_dir, attempt)
         info = check(Path(run_dir), folder)
-        marker = folder / MARKER
+        marker = layout.canary_marker(run_dir, attempt)
         atomic_write_text(marker, json.dumps(info or {}) + "\n")
         return str(marker)
 
@@ -87,7 +83,7 @@ def submit_canaries(rd: RunDir, cfg: Config, plans: list[StagePlan], attempt: in
     jobs: dict[Shape, str] = {}
     for k, (shape, plan) in enumerate(first.items()):
         res = canary_resources(cfg, plan.resources)
-        folder = rd.logs / "canary" / f"attempt{attempt}_{k}"
+        folder = layout.canary_logs(rd.root, attempt, k)
         executor = submitit_executor(cfg, "canary", res, folder, None)
         try:
             with clean_submission_env(res):
@@ -116,7 +112,7 @@ def canary_lines(rd: RunDir) -> list[str]:
     states = sacct_states([e["job_id"] for e in current]) or {}
     lines = []
     for e in current:
-        if (canary_folder(rd.root, latest) / MARKER).is_file():
+        if layout.canary_marker(rd.root, latest).is_file():
             lines.append(f"canary (attempt {latest}): passed")
             continue
         state = states.get(e["job_id"], "UNKNOWN")

@@ -11,6 +11,7 @@ from rich.table import Table
 from prism_hpc.config.schema import Config
 from prism_hpc.hpc.executor import executor_class
 from prism_hpc.hpc.plan import StagePlan, make_plan, write_plan
+from prism_hpc.store import layout
 from prism_hpc.workflow import StageRegistry
 
 
@@ -70,16 +71,16 @@ def describe_plan(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_plan(out / "plan.json", plans, registry.ref)
+        write_plan(layout.plan_file(out), plans, registry.ref)
         try:
             from prism_hpc.hpc.scripts import write_scripts
         except ImportError:
             write_scripts = None
         say = (lambda m: print(m, file=sys.stderr)) if as_json else print
         if write_scripts is not None:
-            for path in write_scripts(cfg, plans, out / "slurm", run_dir=out):
+            for path in write_scripts(cfg, plans, layout.slurm_scripts_dir(out), run_dir=out):
                 say(f"wrote {path}")
-        say(f"wrote {out / 'plan.json'}")
+        say(f"wrote {layout.plan_file(out)}")
     return plans
 
 

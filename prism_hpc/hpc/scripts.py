@@ -35,6 +35,7 @@ from typing import Any
 
 from prism_hpc.config.schema import Config
 from prism_hpc.hpc.plan import StagePlan
+from prism_hpc.store import layout
 from prism_hpc.store.atomic import atomic_write_text
 
 JOB_ENV = {"HDF5_USE_FILE_LOCKING": "FALSE", "PYTHONUNBUFFERED": "1"}
@@ -154,7 +155,7 @@ def render_script(cfg: Config, plan: StagePlan, chunk: int, run_dir: Path) -> st
     opts = sbatch_options(SbatchJob(
         res, job_name(cfg, plan.stage.name), batch_shell_signal=True,
         array=array_range(res, len(plan.chunks[chunk])),
-        output=str(Path(run_dir) / "logs" / plan.stage.name / "sbatch_%A_%a.log"),
+        output=str(layout.sbatch_log(run_dir, plan.stage.name)),
     ))  # fmt: skip
     lines = _header(opts)
     lines += ["", "# environment of every prism-hpc job, then resources.setup (quoted words)"]
@@ -177,7 +178,7 @@ def render_eval_array(cfg: Config, plan: StagePlan, run_dir: Path) -> str:
     first = plan.chunks[0] if plan.chunks else [0]
     opts = sbatch_options(SbatchJob(
         res, job_name(cfg, "eval"), batch_shell_signal=True, array=array_range(res, len(first)),
-        output=str(Path(run_dir) / "logs" / plan.stage.name / "eval_%A_%a.log"),
+        output=str(layout.sbatch_log(run_dir, plan.stage.name, prefix="eval")),
     ))  # fmt: skip
     chunks = len(plan.chunks)
     comments = [
@@ -222,14 +223,14 @@ def write_scripts(cfg: Config, plans: list[StagePlan], folder: Path, run_dir: Pa
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for plan in plans:
-        (Path(run_dir) / "logs" / plan.stage.name).mkdir(parents=True, exist_ok=True)
+        layout.stage_logs(run_dir, plan.stage.name).mkdir(parents=True, exist_ok=True)
         for chunk in range(len(plan.chunks)):
             suffix = "" if len(plan.chunks) == 1 else f".{chunk}"
-            path = folder / f"{plan.stage.name}{suffix}.sbatch"
+            path = layout.stage_script(folder, plan.stage.name, suffix)
             atomic_write_text(path, render_script(cfg, plan, chunk, run_dir))
             written.append(path)
         if plan.stage.serves_eval_array and plan.items:
-            path = folder / "eval_array.sbatch"
+            path = layout.eval_array_script(folder)
             atomic_write_text(path, render_eval_array(cfg, plan, run_dir))
             written.append(path)
     return written

@@ -12,6 +12,8 @@ from rich.table import Table
 from prism_hpc.hpc.canary import canary_lines
 from prism_hpc.hpc.pending import pending_items
 from prism_hpc.hpc.plan import registry_ref_of
+from prism_hpc.store.atomic import read_marker
+from prism_hpc.store.itemclock import ITEM_SECONDS
 from prism_hpc.store.rundir import RunDir, open_run_dir
 from prism_hpc.workflow import StageRegistry, load_registry
 
@@ -44,6 +46,26 @@ def stage_status(rd: RunDir, registry: StageRegistry | None = None) -> list[dict
     except ImportError:
         pass
     return rows
+
+
+def item_seconds(
+    run_dir: Path, registry: StageRegistry | None = None
+) -> list[tuple[str, str, float]]:
+    """(stage, item key, seconds) of every item whose markers recorded its time, in plan
+    order: the latest `item_seconds` of its markers (`store.itemclock`), never a log line."""
+    from prism_hpc.hpc.launch import plans_for
+
+    rd = open_run_dir(Path(run_dir))
+    if registry is None:
+        registry = load_registry(registry_ref_of(rd.plan))
+    found = []
+    for plan in plans_for(rd.load_config(), registry.opened(rd.root), estimates=False):
+        for item in plan.items:
+            markers = [read_marker(m) for m in plan.stage.markers(rd.root, item)]
+            times = [m[ITEM_SECONDS] for m in markers if m and ITEM_SECONDS in m]
+            if times:
+                found.append((plan.stage.name, item.key, float(max(times))))
+    return found
 
 
 def print_status(

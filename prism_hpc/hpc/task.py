@@ -19,6 +19,7 @@ from prism_hpc.hpc import distributed
 from prism_hpc.hpc.pending import inputs_of
 from prism_hpc.hpc.plan import registry_ref_of
 from prism_hpc.store.atomic import atomic_write_text
+from prism_hpc.store.itemclock import item_clock
 from prism_hpc.store.rundir import RunDir
 from prism_hpc.workflow import (
     Item,
@@ -65,7 +66,8 @@ def run_item(
         if progress is not None:
             env.progress = progress
         env.inputs = inputs
-        stage.run(cfg, item, env)
+        with item_clock():  # its markers record the item's seconds (`store.itemclock`)
+            stage.run(cfg, item, env)
     finally:
         distributed.destroy()
     return item.key

@@ -26,7 +26,8 @@ from prism_hpc.metrics.diversity import (
     penultimate_features,
     standardise,
 )
-from prism_hpc.metrics.runs import DIVERSITY_JSON, FEATURES_NPZ, read_diversity
+from prism_hpc.metrics.runs import read_diversity
+from prism_hpc.store import layout
 from prism_hpc.store.distilled import DistilledSet, open_distilled
 
 # ---------------------------------------------------------------------------------------------
@@ -81,13 +82,12 @@ def extractor_choice(cfg) -> tuple[str, str | None]:
 
 def extractor_identity(cfg, name: str, run_dir: Path) -> str:
     """A string that is equal for two runs iff they measure with the same feature space."""
-    from prism_hpc.models.teachers import teacher_weights_path
     from prism_hpc.store.atomic import file_sha256
 
     spec = cfg.teachers[name]
     shape = f"{spec.arch}/w{spec.width}/{cfg.data.channels}x{cfg.data.resolution}"
     if spec.weights == "squeeze":
-        path = teacher_weights_path(run_dir, name)
+        path = layout.teacher_weights(run_dir, name)
         digest = file_sha256(path)[:16] if path.is_file() else "missing"
         return f"{shape}/squeeze:{digest}"
     if spec.weights in ("random", "torchvision"):
@@ -194,9 +194,8 @@ def write_diversity(run_dir: Path, result: dict[str, Any], arrays: dict[str, np.
     """`run_dir/diversity.json` (+ `diversity_features.npz`), atomically."""
     from prism_hpc.store.atomic import atomic_path, atomic_write_text
 
-    run_dir = Path(run_dir)
-    out = run_dir / DIVERSITY_JSON
-    with atomic_path(run_dir / FEATURES_NPZ) as tmp, open(tmp, "wb") as fh:
+    out = layout.diversity_json(run_dir)
+    with atomic_path(layout.diversity_features(run_dir)) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
     atomic_write_text(out, json.dumps(_jsonable(result), indent=1) + "\n")
     return out

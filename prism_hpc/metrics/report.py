@@ -20,8 +20,8 @@ from prism_hpc.metrics.ablation import ablation_table, selection_label
 from prism_hpc.metrics.measure import run_diversity
 from prism_hpc.metrics.report_figures import ReportFigures
 from prism_hpc.metrics.runs import RunInfo, load_runs
+from prism_hpc.store import layout
 from prism_hpc.store.atomic import atomic_write_text
-from prism_hpc.store.distilled import DISTILLED_NAME
 
 
 def _version() -> str:
@@ -106,14 +106,14 @@ def write_report(
     for p in run_dirs:
         if not p.is_dir():
             raise UserError(f"report: {p} is not a directory")
-        if not (p / "config.yaml").is_file() and not (p / DISTILLED_NAME).is_file():
+        if not layout.config_file(p).is_file() and not layout.distilled_file(p).is_file():
             raise UserError(f"report: {p} is not a run directory (no config.yaml or distilled.h5)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = load_runs(run_dirs)
     rep = ReportFigures(runs, out_dir, log)
     for r in runs:
-        if r.diversity is None and compute_diversity and (r.path / DISTILLED_NAME).is_file():
+        if r.diversity is None and compute_diversity and layout.distilled_file(r.path).is_file():
             try:
                 r.diversity = run_diversity(r.path, device, log)
             except (UserError, OSError, KeyError, ValueError, RuntimeError) as err:
@@ -190,9 +190,9 @@ def write_report(
             parts.append(f"![embedding]({rep.rel(path)})\n")
     if rep.notes:
         parts.append("## Notes\n\n" + "\n".join(f"- {n}" for n in rep.notes) + "\n")
-    out = out_dir / "report.md"
+    out = layout.report_md(out_dir)
     atomic_write_text(out, "\n".join(parts))
-    atomic_write_text(out_dir / "report.json", json.dumps(_summary(runs), indent=1) + "\n")
+    atomic_write_text(layout.report_json(out_dir), json.dumps(_summary(runs), indent=1) + "\n")
     return out
 
 

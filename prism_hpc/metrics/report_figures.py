@@ -15,7 +15,8 @@ from prism_hpc.metrics import figures
 from prism_hpc.metrics.diversity import embed_classes, per_class_values
 from prism_hpc.metrics.measure import reference_indices
 from prism_hpc.metrics.runs import RunInfo, read_features
-from prism_hpc.store.distilled import DISTILLED_NAME, DistilledSet, open_distilled
+from prism_hpc.store import layout
+from prism_hpc.store.distilled import DistilledSet, open_distilled
 
 MAX_GRID_IPC = 10
 COMPARE_CLASSES = 6
@@ -56,7 +57,7 @@ class ReportFigures:
     def __init__(self, runs: list[RunInfo], out_dir: Path, log):
         self.runs = runs
         self.out_dir = out_dir
-        self.fig_dir = out_dir / "figures"
+        self.fig_dir = layout.figures_dir(out_dir)
         self.log = log
         self.notes: list[str] = []
         self.slugs: dict[str, str] = {}
@@ -144,7 +145,7 @@ class ReportFigures:
     def comparisons(self) -> list[tuple[str, Path, str]]:
         groups: dict[tuple, list[RunInfo]] = {}
         for r in self.runs:
-            if (r.path / DISTILLED_NAME).is_file():
+            if layout.distilled_file(r.path).is_file():
                 groups.setdefault(_init_key(r), []).append(r)
         out = []
         for k, (key, group) in enumerate(groups.items()):

@@ -18,6 +18,7 @@ from typing import Any
 
 from prism_hpc.metrics.runs import StudentResult, read_students, student_result
 from prism_hpc.metrics.tables import fmt_mean_std, markdown_table, mean_std, ordered
+from prism_hpc.store import layout
 from prism_hpc.store.atomic import atomic_write_text
 
 STATS = ("top1", "top5", "best_top1", "best_top5")  # StudentResult fields, percent
@@ -98,7 +99,7 @@ def write_results(run_dirs: Iterable[Path], out_dir: Path) -> list[Path]:
     students = [s for d in run_dirs for s in read_students(Path(d))[0] if s.done]
     agg = aggregate(students)
     out_dir = Path(out_dir)
-    md, csv_path = out_dir / "results.md", out_dir / "results.csv"
+    md, csv_path = layout.results_md(out_dir), layout.results_csv(out_dir)
     atomic_write_text(md, results_markdown(agg))
     atomic_write_text(csv_path, results_csv(agg))
     return [md, csv_path]

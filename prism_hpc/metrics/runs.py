@@ -24,12 +24,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from prism_hpc.store.distilled import DISTILLED_NAME, read_attr_text
-from prism_hpc.store.rundir import DONE_NAME, METRICS_NAME  # the students' output layout
-
-# A run's diversity, cached by `prism_hpc.metrics.measure`.
-DIVERSITY_JSON = "diversity.json"
-FEATURES_NPZ = "diversity_features.npz"  # features of a few classes, for the embedding figure
+from prism_hpc.store import layout
+from prism_hpc.store.distilled import read_attr_text
+from prism_hpc.store.layout import DONE_NAME, METRICS_NAME  # the students' output layout
 
 
 @dataclass
@@ -148,7 +145,7 @@ def read_students(run_dir: Path) -> tuple[list[StudentResult], list[str]]:
     without the marker is counted (`done=False`) but named in the notes.
     """
     out, notes = [], []
-    for path in sorted(Path(run_dir).glob(f"students/*/seed*/{METRICS_NAME}")):
+    for path in layout.student_files(run_dir, METRICS_NAME):
         data = _read_json(path)
         where = f"{path.parent.parent.name}/{path.parent.name}"
         if not isinstance(data, dict):
@@ -169,7 +166,7 @@ def read_students(run_dir: Path) -> tuple[list[StudentResult], list[str]]:
 
 def read_results_csv(run_dir: Path) -> list[dict[str, Any]]:
     """Rows of the train stage's `results.csv` (accuracies already in percent there)."""
-    path = Path(run_dir) / "results.csv"
+    path = layout.results_csv(run_dir)
     rows = []
     try:
         with open(path, newline="") as fh:
@@ -193,11 +190,11 @@ def read_results_csv(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def read_diversity(run_dir: Path) -> dict[str, Any] | None:
-    return _read_json(Path(run_dir) / DIVERSITY_JSON)
+    return _read_json(layout.diversity_json(run_dir))
 
 
 def read_features(run_dir: Path) -> dict[str, np.ndarray] | None:
-    path = Path(run_dir) / FEATURES_NPZ
+    path = layout.diversity_features(run_dir)
     if not path.is_file():
         return None
     try:
@@ -209,13 +206,13 @@ def read_features(run_dir: Path) -> dict[str, np.ndarray] | None:
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+        data = yaml.safe_load(layout.config_file(run_dir).read_text())
         if isinstance(data, dict):
             return data
     except (OSError, yaml.YAMLError):
         pass
     # a copied run dir that kept only distilled.h5
-    text = read_attr_text(Path(run_dir) / DISTILLED_NAME, "config")
+    text = read_attr_text(layout.distilled_file(run_dir), "config")
     try:
         data = yaml.safe_load(text or "")
     except yaml.YAMLError:
@@ -224,7 +221,7 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
 
 
 def _read_provenance(run_dir: Path) -> list[dict[str, Any]]:
-    text = read_attr_text(Path(run_dir) / DISTILLED_NAME, "slice_provenance")
+    text = read_attr_text(layout.distilled_file(run_dir), "slice_provenance")
     try:
         data = json.loads(text or "[]")
     except ValueError:
@@ -238,7 +235,7 @@ def load_run(run_dir: Path) -> RunInfo:
     rec = cfg.get("recover", {}) if isinstance(cfg.get("recover"), dict) else {}
     data = cfg.get("data", {}) if isinstance(cfg.get("data"), dict) else {}
     teachers = {}
-    for path in sorted(run_dir.glob("teachers/*.json")):
+    for path in layout.teacher_infos(run_dir):
         info = _read_json(path)
         if isinstance(info, dict):
             teachers[path.stem] = info

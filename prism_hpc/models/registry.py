@@ -18,12 +18,14 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 
 from prism_hpc.errors import UserError
+from prism_hpc.models.small import SMALL_ARCHS
 
 SMALL_INPUT_MAX = 64
 
 
 def available_archs() -> list[str]:
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    """torchvision's classification builders and the registry's own (models/small.py)."""
+    return sorted(torchvision.models.list_models(module=torchvision.models) + list(SMALL_ARCHS))
 
 
 def _slim_resnet(arch: str, num_classes: int, width: float) -> nn.Module:
@@ -120,6 +122,8 @@ def create_model(
         if not timm.is_model(name):
             raise UserError(f"model '{arch}': unknown timm model")
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    elif arch in SMALL_ARCHS:  # built for the data's size and channels: no stem to adapt
+        return SMALL_ARCHS[arch](num_classes, in_channels, resolution, width)
     else:
         if arch not in available_archs():
             raise UserError(
@@ -215,3 +219,29 @@ def freeze(model: nn.Module) -> nn.Module:
 def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
     """BatchNorm2d layers in forward-definition order (the first one gets the multiplier)."""
     return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
+    """(name, module, channel dim of its input) of every LayerNorm / GroupNorm in module
+    order: GroupNorm and channels-first LayerNorms (timm's and torchvision's `LayerNorm2d`,
+    whose inputs are (B, C, H, W)) have their channels in dim 1, every other LayerNorm in
+    the last dim ((B, N, C), (B, H, W, C), (B, C))."""
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.GroupNorm):
+            out.append((name, m, 1))
+        elif isinstance(m, nn.LayerNorm):
+            if len(m.normalized_shape) != 1:
+                raise UserError(
+                    f"{name}: LayerNorm over {tuple(m.normalized_shape)}: norm_stats matches "
+                    "LayerNorms over one (channel) dimension only"
+                )
+            out.append((name, m, 1 if "2d" in type(m).__name__.lower() else -1))
+    return out
+
+
+def layer_prior(model: nn.Module) -> str:
+    """What a model's layers allow (config/priors.py): bn, norm_stats or none."""
+    if bn_layers(model):
+        return "bn"
+    return "norm_stats" if norm_layers(model) else "none"

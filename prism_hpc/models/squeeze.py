@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from prism_hpc.config.schema import Config
 from prism_hpc.data.sources import open_source, source_stats
-from prism_hpc.models.teachers import build_untrained, teacher_weights_path
+from prism_hpc.models.teachers import build_untrained
 from prism_hpc.seeding import derive_seed, generator
+from prism_hpc.store import layout
 from prism_hpc.store.atomic import atomic_path
 
 
@@ -64,7 +65,7 @@ def train_teacher(
     sq = cfg.squeeze
     if torch.device(device).type == "cpu":
         # fixed, like recovery: conv backward differs in the last bits between thread counts,
-        # and teachers feed everything downstream (bit-identical demo on any machine)
+        # and teachers feed everything downstream (bit-identical demo per hardware kind)
         torch.set_num_threads(sq.cpu_threads)
     torch.manual_seed(derive_seed(cfg.seed, "squeeze-init", name))
     model = build_untrained(cfg, cfg.teachers[name], run_dir).to(device)
@@ -110,7 +111,7 @@ def train_teacher(
             progress({"step": step + 1, "steps": steps, "loss": round(loss.item(), 4)})
     top1 = evaluate_top1(model, test, mean, std, device)
     log(f"squeeze {name}: {steps} steps, test top-1 {top1:.4f}")
-    out = teacher_weights_path(run_dir, name)
+    out = layout.teacher_weights(run_dir, name)
     with atomic_path(out) as tmp:
         torch.save(model.state_dict(), tmp)
     info = {
@@ -121,6 +122,6 @@ def train_teacher(
         "seconds": round(time.time() - start, 1),
         "params": sum(p.numel() for p in model.parameters()),
     }
-    with atomic_path(out.with_suffix(".json")) as tmp:
+    with atomic_path(layout.teacher_info(run_dir, name)) as tmp:
         tmp.write_text(json.dumps(info, indent=1))
     return info

@@ -11,6 +11,7 @@ from prism_hpc.config.schema import Config, TeacherSpec
 from prism_hpc.data.sources import num_classes_of, source_stats
 from prism_hpc.errors import UserError
 from prism_hpc.models.registry import create_model, freeze, load_weights
+from prism_hpc.store import layout
 
 
 class Renormalize(nn.Module):
@@ -34,7 +35,7 @@ class Renormalize(nn.Module):
 
 
 def teacher_weights_path(run_dir: Path, name: str) -> Path:
-    return Path(run_dir) / "teachers" / f"{name}.pt"
+    return layout.teacher_weights(run_dir, name)
 
 
 def build_untrained(cfg: Config, spec: TeacherSpec, run_dir: Path | None = None) -> nn.Module:

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from prism_hpc.recover.context import SliceContext
 from prism_hpc.seeding import derive_seed
 from prism_hpc.store.atomic import atomic_path
+from prism_hpc.store.layout import partial_chunk
 
 Key = tuple[int, int]  # (IPC slice, chunk of that slice)
 Record = dict[str, Any]  # one (slice, chunk): uint8 "images", "classes", "chunk", provenance
@@ -82,10 +83,6 @@ class Schedule:
 # ------------------------------------------------------------------------------ restart files
 
 
-def chunk_progress_path(progress_dir: Path, slice_index: int, chunk: int) -> Path:
-    return Path(progress_dir) / f"slice_{slice_index:05d}" / f"chunk_{chunk:04d}.npz"
-
-
 def save_chunk(path: Path, result: Record) -> None:
     """A finished chunk: uint8 images + JSON metadata, written atomically."""
     meta = json.dumps({k: v for k, v in result.items() if k != "images"})
@@ -109,7 +106,7 @@ def _kept(ctx: SliceContext, keys: list[Key]) -> list[Record] | None:
     """The saved records of `keys`, or None unless every one of them is there."""
     if ctx.progress_dir is None:
         return None
-    loaded = [load_chunk(chunk_progress_path(ctx.progress_dir, s, c)) for s, c in keys]
+    loaded = [load_chunk(partial_chunk(ctx.progress_dir, s, c)) for s, c in keys]
     if any(r is None for r in loaded):
         return None
     for s, c in keys:
@@ -132,7 +129,7 @@ def _run_work(
         if s in done:  # its shard is written (and its partial folder gone)
             continue
         if ctx.progress_dir is not None:
-            save_chunk(chunk_progress_path(ctx.progress_dir, s, c), record)
+            save_chunk(partial_chunk(ctx.progress_dir, s, c), record)
         out.append({**record, "slice": s})
     return out
 
@@ -196,6 +193,7 @@ def assemble(
         "roles_seed": derive_seed(cfg.seed, "recover-roles", slice_index),
         "scope": schedule.scope(ctx),
         "world_size": ctx.world_size,
+        "precision": getattr(cfg.recover, "precision", "fp32"),  # resolved by the task
         "peak_memory_mb": round(peak_memory_mb(ctx.device), 1),
         "chunks": [{k: v for k, v in r.items() if k != "images"} for r in rows],
         **schedule.extra(ctx, slices),

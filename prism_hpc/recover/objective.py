@@ -150,10 +150,11 @@ class BNStatistics:
     """Forward hooks that add each BN layer's alignment term while `active`.
 
     Statistics come from `channel_stats` on the hook input (no permute/contiguous copy).
+    `layers=[]`: a teacher with no statistic term (`prior: none`); `has_bn` is False.
     """
 
-    def __init__(self, model: nn.Module, first_multiplier: float):
-        self.layers = bn_layers(model)
+    def __init__(self, model: nn.Module, first_multiplier: float, layers: list | None = None):
+        self.layers = bn_layers(model) if layers is None else layers
         self.active = False
         # Packed forward: sizes of the leading row groups (chunks) whose statistics count, one
         # term per group; None: the whole batch is one group and a term is a scalar.

@@ -46,6 +46,7 @@ def write_relabel_chunk(
         "mix": rel.mix,
         "ensemble": rel.ensemble,
         "teachers": json.dumps(list(rel.teachers)),
+        "precision": getattr(ensemble, "precision", "fp32"),  # what the teachers ran in
     }
     path = Path(path)
     with soft_label_writer(path, attrs) as out:
@@ -64,4 +65,5 @@ def write_relabel_chunk(
         "bytes": path.stat().st_size,
         "seconds": round(time.time() - start_time, 2),
         "storage": rel.storage,
+        "precision": attrs["precision"],
     }

@@ -8,12 +8,12 @@ from prism_hpc.config.load import dump_config
 from prism_hpc.config.schema import Config
 from prism_hpc.data.sources import FASHION_MNIST_CLASSES, num_classes_of, source_stats
 from prism_hpc.errors import TaskFailed
-from prism_hpc.stages.recover import slice_path, slice_rows
+from prism_hpc.stages.recover import slice_rows
 from prism_hpc.stages.sealed import SealedStage
+from prism_hpc.store import layout
 from prism_hpc.store.atomic import read_marker, write_marker
 from prism_hpc.store.collect import MissingSlices, collect_shards
 from prism_hpc.store.integrity import check_marker
-from prism_hpc.store.rundir import RunDir
 from prism_hpc.store.shards import validate_shard
 from prism_hpc.workflow import Item, TaskEnv
 
@@ -40,9 +40,9 @@ def collect_run(cfg: Config, run_dir: Path, consolidate: bool = False) -> dict:
     }
     n = attrs["num_classes"]
     rows = {s: n if cls is None else len(cls) for s, cls in slice_rows(cfg).items()}
-    shards = {s: slice_path(run_dir, s) for s in rows}
+    shards = {s: layout.recover_shard(run_dir, s) for s in rows}
     try:
-        info = collect_shards(shards, rows, Path(run_dir) / "distilled.h5", attrs, consolidate)
+        info = collect_shards(shards, rows, layout.distilled_file(run_dir), attrs, consolidate)
     except MissingSlices as err:
         raise TaskFailed(f"collect: {err}") from None
     return info
@@ -59,10 +59,10 @@ class CollectStage(SealedStage):
         return [Item(self.name, 0, "distilled", {})]
 
     def marker_path(self, run_dir: Path, item: Item) -> Path:
-        return Path(run_dir) / "distilled.done"
+        return layout.distilled_marker(run_dir)
 
     def outputs(self, run_dir: Path) -> list[tuple[str, Path]]:
-        return [("distilled set", RunDir(Path(run_dir)).distilled)]
+        return [("distilled set", layout.distilled_file(run_dir))]
 
     def estimate(self, cfg: Config) -> dict:
         from prism_hpc.stages.costing import collect_cost, safely
@@ -82,7 +82,7 @@ class CollectStage(SealedStage):
         )
         write_marker(
             self.marker_path(env.run_dir, item), info, env.run_dir,
-            outputs=[Path(env.run_dir) / "distilled.h5"], inputs=env.inputs,
+            outputs=[layout.distilled_file(env.run_dir)], inputs=env.inputs,
         )  # fmt: skip
 
 
@@ -91,10 +91,10 @@ def distilled_problems(cfg: Config, run_dir: Path) -> list[str]:
     n = num_classes_of(cfg.data, run_dir)
     bad = []
     for s, cls in slice_rows(cfg).items():
-        reason = validate_shard(slice_path(run_dir, s), n if cls is None else len(cls))
+        reason = validate_shard(layout.recover_shard(run_dir, s), n if cls is None else len(cls))
         if reason:
             bad.append(reason)
-    marker = Path(run_dir) / "distilled.done"
+    marker = layout.distilled_marker(run_dir)
     if marker.exists():
         bad += check_marker(run_dir, marker, full=True)
     return bad
@@ -104,12 +104,12 @@ def reseal_distilled(run_dir: Path) -> None:
     """After `collect --consolidate` rewrote distilled.h5 from the same slices, record the new
     file in the marker under the same id (the content did not change: keep what depends on it).
     """
-    marker_path = Path(run_dir) / "distilled.done"
+    marker_path = layout.distilled_marker(run_dir)
     marker = read_marker(marker_path)
     if marker is None:
         return
     payload = {k: v for k, v in marker.items() if k not in ("outputs", "id")}
     write_marker(
-        marker_path, payload, run_dir, outputs=[Path(run_dir) / "distilled.h5"],
+        marker_path, payload, run_dir, outputs=[layout.distilled_file(run_dir)],
         inputs=marker.get("inputs"), keep_id=marker.get("id"),
     )  # fmt: skip

@@ -29,8 +29,10 @@ from prism_hpc.cost.model import Pricing, TaskLayout, Work, stage_device, summar
 from prism_hpc.cost.runtime import squeeze_steps
 from prism_hpc.data.sources import num_classes_of
 from prism_hpc.errors import UserError
+from prism_hpc.hardware.capability import PrecisionChoice
 from prism_hpc.models.flops import ArchCost, arch_cost, arch_key
 from prism_hpc.stages.precision import planned_precision, requested
+from prism_hpc.stages.tuning import planned_pack
 from prism_hpc.workflow import capacity
 
 GB = 1e9
@@ -99,6 +101,18 @@ def _join(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
 
 
+def _with_precision(out: dict[str, Any], cfg: Config, stage: str,
+                    choice: PrecisionChoice) -> dict[str, Any]:  # fmt: skip
+    """The estimate shows the precision it priced, why when `auto` chose it, and the
+    warning of an explicit half precision the stage's device lacks."""
+    out["precision"] = choice.precision
+    if requested(cfg, stage) == "auto":
+        out["cost_note"] = _join(out.get("cost_note") or "", f"precision {choice.reason}")
+    if choice.warning:
+        out["warnings"] = [*(out.get("warnings") or []), choice.warning]
+    return out
+
+
 # --- recover ---------------------------------------------------------------------------------
 
 
@@ -147,6 +161,7 @@ def recover_cost(cfg: Config, rows: dict[int, int], storage_gb: float) -> dict[s
     precision = choice.precision
     half = precision != "fp32"
     price, res, note = pricing(cfg, "recover", "recover", precision, rec.cpu_threads)
+    pack = planned_pack(cfg, capacity().name == "local") if optimize else None
     dev: Device = price.device
     probs = teacher_probs(cfg)
     costs = {n: teacher(cfg, n) for n in probs}
@@ -163,7 +178,7 @@ def recover_cost(cfg: Config, rows: dict[int, int], storage_gb: float) -> dict[s
             iters = rec.rded.candidates * rec.rded.crops / 3
         chunk_s = []
         for b in sizes:
-            works = [Work(steps=iters / (rec.pack if optimize else 1))]  # packs share launches
+            works = [Work(steps=iters / (pack.value if pack else 1))]  # packs share launches
             for name, p in probs.items():
                 c = costs[name]
                 works.append(Work(p * iters * b * c.recover_flops,
@@ -192,11 +207,10 @@ def recover_cost(cfg: Config, rows: dict[int, int], storage_gb: float) -> dict[s
         storage_gb, joint if not optimize or rec.memory == "joint" else sequential,
         _join(note, f"expected teachers per iteration {sum(probs.values()):.2f}"),
     )  # fmt: skip
-    out["precision"] = precision
-    if requested(cfg) == "auto":
-        out["cost_note"] = _join(out.get("cost_note") or "", f"precision {choice.reason}")
-    if choice.warning:
-        out["warnings"] = [*(out.get("warnings") or []), choice.warning]
+    _with_precision(out, cfg, "recover", choice)
+    if optimize and rec.pack == "auto":
+        out["pack"] = pack.value
+        out["cost_note"] = _join(out.get("cost_note") or "", f"recover {pack.reason}")
     out["peak_mem_gb_joint"] = round(joint, 2)
     out["peak_mem_gb_sequential"] = round(sequential, 2)
     return out
@@ -247,23 +261,27 @@ def relabel_cost(cfg: Config, n_images: int, chunks: list[tuple[int, int]],
                  storage_gb: float) -> dict[str, Any]:  # fmt: skip
     """Per file: its epochs x the distilled images x one forward of every ensemble teacher."""
     res = cfg.resources.for_stage("relabel")
-    price, res, note = pricing(cfg, "relabel", "infer", "fp32", capacity().threads(res))
+    choice = planned_precision(cfg, stage="relabel")
+    half = choice.precision != "fp32"
+    price, res, note = pricing(cfg, "relabel", "infer", choice.precision,
+                               capacity().threads(res))  # fmt: skip
     ens = [teacher(cfg, n) for n in cfg.relabel.teachers]
     keys = [teacher_key(cfg, n) for n in cfg.relabel.teachers]
     batches = math.ceil(n_images / cfg.relabel.batch_size)
     tasks = []
     for start, stop in chunks:
         img = (stop - start) * n_images
-        works = [Work(img * c.fwd_flops, _traffic(c, img, "infer", False),
+        works = [Work(img * c.fwd_flops, _traffic(c, img, "infer", half),
                       (stop - start) * batches, k) for c, k in zip(ens, keys)]  # fmt: skip
         tasks.append(price.seconds(*works) + price.device.task_overhead_s)
     b = cfg.relabel.batch_size
     peak = (
         sum(c.params * 4 for c in ens) + 3 * b * max((c.max_out_bytes for c in ens), default=0)
     ) / GB
-    return summarise("relabel", tasks, price, TaskLayout(max(1, res.gpus_per_node or 0),
-                     capacity().slots(res, len(tasks)), res.time_min), storage_gb,
-                     peak + price.device.context_gb, note)  # fmt: skip
+    out = summarise("relabel", tasks, price, TaskLayout(max(1, res.gpus_per_node or 0),
+                    capacity().slots(res, len(tasks)), res.time_min), storage_gb,
+                    peak + price.device.context_gb, note)  # fmt: skip
+    return _with_precision(out, cfg, "relabel", choice)
 
 
 # --- train -----------------------------------------------------------------------------------
@@ -281,10 +299,10 @@ def train_cost(cfg: Config, n_images: int) -> dict[str, Any]:
     _, test, size_note = data_sizes(cfg)
     res = cfg.resources.for_stage("train")
     gpu = bool(res.gpus_per_node)
-    precision = getattr(st, "precision", "auto")  # students.precision: newer configs only
-    half = precision == "bf16" or (precision == "auto" and gpu and st.amp)
+    choice = planned_precision(cfg, stage="train")
+    prec = choice.precision
+    half = prec != "fp32"
     threads = st.cpu_threads or capacity().threads(res)
-    prec = "bf16" if half else "fp32"
     price, res, note = pricing(cfg, "train", "train", prec, threads)
     infer, _, _ = pricing(cfg, "train", "infer", prec, threads)
     ranks = max(1, res.tasks_per_node or 1) if gpu else 1
@@ -309,10 +327,11 @@ def train_cost(cfg: Config, n_images: int) -> dict[str, Any]:
         micro = math.ceil(st.batch_size / ranks / st.grad_accum)
         peak = max(peak, (c.params * 16 + micro * c.act_bytes * (0.5 if half else 1.0)) / GB)
         tasks += [t + price.device.task_overhead_s] * len(st.seeds)
-    return summarise("train", tasks, price, TaskLayout(max(1, res.gpus_per_node or 0),
-                     capacity().slots(res, len(tasks)), res.time_min), ckpt,
-                     peak + price.device.context_gb,
-                     _join(note, size_note, f"{ranks} rank(s) per student" if ranks > 1 else ""))  # fmt: skip
+    out = summarise("train", tasks, price, TaskLayout(max(1, res.gpus_per_node or 0),
+                    capacity().slots(res, len(tasks)), res.time_min), ckpt,
+                    peak + price.device.context_gb,
+                    _join(note, size_note, f"{ranks} rank(s) per student" if ranks > 1 else ""))  # fmt: skip
+    return _with_precision(out, cfg, "train", choice)
 
 
 # --- report ----------------------------------------------------------------------------------

@@ -137,13 +137,20 @@ def check_data(cfg: Config, require_data: bool = True) -> list[str]:
 
 
 def precision_warnings(cfg: Config) -> list[str]:
-    """An explicit half precision the recover device lacks natively (a CPU without
-    AVX512-BF16, a V100): it still runs as asked, several times slower."""
-    from prism_hpc.stages.precision import planned_precision
+    """An explicit half precision a stage's device lacks natively (a CPU without
+    AVX512-BF16, a V100): it still runs as asked, several times slower. One line per stage
+    (recover, relabel when it runs teachers, train)."""
+    from prism_hpc.stages.precision import STAGES, planned_precision
 
-    res = cfg.resources.for_stage("recover")
-    choice = planned_precision(cfg, local_cpu=not (res.gpus_per_node or res.gpu))
-    return [f"recover: {choice.warning}"] if choice.warning else []
+    out = []
+    for stage in STAGES:
+        if stage == "relabel" and cfg.relabel.mode == "none":
+            continue
+        res = cfg.resources.for_stage(stage)
+        choice = planned_precision(cfg, not (res.gpus_per_node or res.gpu), stage)
+        if choice.warning:
+            out.append(f"{stage}: {choice.warning}")
+    return out
 
 
 def preflight(cfg: Config, require_data: bool = True) -> list[str]:

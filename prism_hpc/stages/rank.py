@@ -13,12 +13,13 @@ from pathlib import Path
 
 from prism_hpc.config.schema import Config
 from prism_hpc.stages.sealed import SealedStage
+from prism_hpc.store import layout
 from prism_hpc.store.atomic import write_marker
 from prism_hpc.workflow import Item, TaskEnv
 
 
 def order_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "rank" / "order.npz"
+    return layout.rank_order(run_dir)
 
 
 class RankStage(SealedStage):
@@ -34,7 +35,7 @@ class RankStage(SealedStage):
         return [Item(self.name, 0, "order", payload)]
 
     def marker_path(self, run_dir: Path, item: Item) -> Path:
-        return order_path(run_dir).with_suffix(".done")
+        return layout.rank_marker(run_dir)
 
     def estimate(self, cfg: Config) -> dict:
         if not self.items(cfg):

@@ -11,18 +11,19 @@ from prism_hpc.data.index import slice_classes
 from prism_hpc.data.sources import class_counts, num_classes_of
 from prism_hpc.errors import UserError
 from prism_hpc.stages.sealed import SealedStage
+from prism_hpc.store import layout
 from prism_hpc.store.integrity import check_marker
 from prism_hpc.store.shards import marker_for, write_shard
 from prism_hpc.workflow import Item, TaskEnv
 
 
 def slice_path(run_dir: Path, slice_index: int) -> Path:
-    return Path(run_dir) / "recover" / f"slice_{slice_index:05d}.h5"
+    return layout.recover_shard(run_dir, slice_index)
 
 
 def partial_dir(run_dir: Path) -> Path:
     """Finished chunks of slices in progress (removed once the slice's shard is written)."""
-    return Path(run_dir) / "recover" / "partial"
+    return layout.recover_partial_dir(run_dir)
 
 
 def slice_indices(cfg: Config) -> list[int]:
@@ -74,7 +75,7 @@ class RecoverStage(SealedStage):
         return [marker_for(slice_path(run_dir, s)) for s in item.payload["slices"]]
 
     def restart_state(self, run_dir: Path, item: Item) -> list[Path]:
-        return [partial_dir(run_dir) / f"slice_{s:05d}" for s in item.payload["slices"]]
+        return [layout.slice_partial_dir(run_dir, s) for s in item.payload["slices"]]
 
     def estimate(self, cfg: Config) -> dict:
         rec = cfg.recover
@@ -108,8 +109,10 @@ class RecoverStage(SealedStage):
 
         from prism_hpc.recover.driver import recover_item
         from prism_hpc.recover.methods import schedule_for
+        from prism_hpc.stages.tuning import resolved_pack
 
         cfg = _resolved_precision(cfg, env)
+        cfg = resolved_pack(cfg, str(env.device), env.log if env.is_main else None)
         rec = cfg.recover
         if env.device.type == "cpu":
             torch.set_num_threads(rec.cpu_threads)
@@ -166,7 +169,7 @@ def _write(env: TaskEnv, s: int, result: dict) -> None:
     ipc = np.full((len(result["labels"]),), s, dtype=np.int32)
     write_shard(slice_path(env.run_dir, s), result["images"], result["labels"], ipc, prov,
                 run_dir=env.run_dir, inputs=env.inputs)  # fmt: skip
-    shutil.rmtree(partial_dir(env.run_dir) / f"slice_{s:05d}", ignore_errors=True)
+    shutil.rmtree(layout.slice_partial_dir(env.run_dir, s), ignore_errors=True)
     env.log(
         f"slice {s}: logit {prov['logit_teacher']}, BN {prov['bn_teachers']}, top-1 "
         + ", ".join(f"{c['logit_top1']:.2f}" for c in prov["chunks"])
@@ -185,7 +188,6 @@ def _slice_context(cfg: Config, env: TaskEnv):
     from prism_hpc.models.teachers import load_teacher
     from prism_hpc.recover.checks import bn_teacher_candidates, bnless_message
     from prism_hpc.recover.context import SliceContext
-    from prism_hpc.recover.objective import bn_hooks
 
     rec = cfg.recover
     source = open_source(cfg.data, "train", env.run_dir)
@@ -210,7 +212,7 @@ def _slice_context(cfg: Config, env: TaskEnv):
         from prism_hpc.stages.statistics import load_statistics
 
         matcher = StatMatcher(teachers, rec, load_statistics(cfg, env.run_dir, env.device))
-    hooks = bn_hooks(teachers, rec.first_bn_multiplier) if optimize else nullcontext({})
+    hooks = _prior_hooks(cfg, env, teachers) if optimize else nullcontext({})
     with hooks as bn:
         bnless = [n for n in bn_teacher_candidates(cfg) if not bn[n].has_bn]
         if bnless and env.is_main:
@@ -220,3 +222,18 @@ def _slice_context(cfg: Config, env: TaskEnv):
             slice_rows(cfg), env.rank, env.world_size, env.log, partial_dir(env.run_dir),
             matcher,
         )  # fmt: skip
+
+
+def _prior_hooks(cfg: Config, env: TaskEnv, teachers: dict):
+    """Each teacher's statistic hooks by its `prior`: BatchNorm (every teacher that is not a
+    norm_stats or none BN-set teacher: exactly the BN hooks of before), LayerNorm/GroupNorm
+    against the statistics stage's file (recover/norm_prior.py), or none."""
+    from prism_hpc.recover.checks import check_priors
+    from prism_hpc.recover.norm_prior import prior_hooks
+    from prism_hpc.stages.statistics import load_statistics, statistic_priors
+
+    priors = statistic_priors(cfg)
+    check_priors(cfg, teachers, priors)
+    norm = "norm_stats" in priors.values()
+    stats = load_statistics(cfg, env.run_dir, env.device) if norm else {}
+    return prior_hooks(teachers, priors, cfg.recover.first_bn_multiplier, stats)

@@ -12,11 +12,9 @@ from prism_hpc.config.schema import Config
 from prism_hpc.data.sources import num_classes_of
 from prism_hpc.stages.recover import distilled_size
 from prism_hpc.stages.sealed import SealedStage
+from prism_hpc.store import layout
 from prism_hpc.store.atomic import write_marker
 from prism_hpc.store.softlabels import (
-    chunk_key,
-    chunk_marker,
-    chunk_path,
     epoch_chunks,
     estimate_storage_bytes,
     human_bytes,
@@ -33,12 +31,12 @@ class RelabelStage(SealedStage):
         if cfg.relabel.mode != "offline":
             return []
         return [
-            Item(self.name, i, chunk_key(start, stop), {"epochs": [start, stop]})
+            Item(self.name, i, layout.softlabel_key(start, stop), {"epochs": [start, stop]})
             for i, (start, stop) in enumerate(epoch_chunks(cfg))
         ]
 
     def marker_path(self, run_dir: Path, item: Item) -> Path:
-        return chunk_marker(run_dir, *item.payload["epochs"])
+        return layout.softlabel_marker(run_dir, *item.payload["epochs"])
 
     def estimate(self, cfg: Config) -> dict:
         from prism_hpc.stages.costing import relabel_cost, safely
@@ -66,16 +64,21 @@ class RelabelStage(SealedStage):
     def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:
         from prism_hpc.relabel.ensemble import load_ensemble  # torch only inside tasks
         from prism_hpc.relabel.offline import write_relabel_chunk
+        from prism_hpc.stages.precision import task_precision
         from prism_hpc.store.distilled import DistilledSet
 
         start, stop = item.payload["epochs"]
-        distilled = DistilledSet(Path(env.run_dir) / "distilled.h5")
+        choice = task_precision(cfg, str(env.device), "relabel")
+        if env.is_main and (choice.warning or cfg.relabel.precision == "auto"):
+            env.log(f"warning: {choice.warning}" if choice.warning else
+                    f"relabel precision {choice.reason}")  # fmt: skip
+        distilled = DistilledSet(layout.distilled_file(env.run_dir))
         try:
-            ensemble = load_ensemble(cfg, env.run_dir, env.device)
+            ensemble = load_ensemble(cfg, env.run_dir, env.device, choice.precision)
             images = len(distilled)
             info = write_relabel_chunk(
-                cfg, chunk_path(env.run_dir, start, stop), range(start, stop), distilled,
-                ensemble, env.device, env.log,
+                cfg, layout.softlabel_chunk(env.run_dir, start, stop), range(start, stop),
+                distilled, ensemble, env.device, env.log,
             )  # fmt: skip
         finally:
             distilled.close()
@@ -87,5 +90,5 @@ class RelabelStage(SealedStage):
             tracker.scalars(stop, {"images_per_s": visits / max(info["seconds"], 1e-9)})
         write_marker(
             self.marker_path(env.run_dir, item), info, env.run_dir,
-            outputs=[chunk_path(env.run_dir, start, stop)], inputs=env.inputs,
+            outputs=[layout.softlabel_chunk(env.run_dir, start, stop)], inputs=env.inputs,
         )  # fmt: skip

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from prism_hpc.config.schema import Config
 from prism_hpc.stages.sealed import SealedStage
+from prism_hpc.store import layout
 from prism_hpc.store.atomic import write_marker
-from prism_hpc.store.rundir import RunDir
 from prism_hpc.workflow import Item, TaskEnv
 
 
@@ -20,8 +20,7 @@ class ReportStage(SealedStage):
         return [Item(self.name, 0, "report", {})]
 
     def outputs(self, run_dir: Path) -> list[tuple[str, Path]]:
-        rd = RunDir(Path(run_dir))
-        return [("report", rd.root / "report.md"), ("figures", rd.figures)]
+        return [("report", layout.report_md(run_dir)), ("figures", layout.figures_dir(run_dir))]
 
     def estimate(self, cfg: Config) -> dict:
         from prism_hpc.stages.costing import report_cost, safely
@@ -38,7 +37,7 @@ class ReportStage(SealedStage):
 
         with tracker_for(cfg, self.name, item, env) as tracker:
             tracker.text("report", report.read_text(encoding="utf-8"))
-            for png in sorted(RunDir(Path(env.run_dir)).figures.glob("*.png")):
+            for png in sorted(layout.figures_dir(env.run_dir).glob("*.png")):
                 tracker.image(f"figures/{png.stem}", png)
 
     def run(self, cfg: Config, item: Item, env: TaskEnv) -> None:

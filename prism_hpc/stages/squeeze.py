@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prism_hpc.config.schema import Config
 from prism_hpc.stages.sealed import SealedStage
+from prism_hpc.store import layout
 from prism_hpc.store.atomic import write_marker
-from prism_hpc.store.rundir import RunDir
 from prism_hpc.workflow import Item, TaskEnv
 
 
@@ -22,10 +22,10 @@ class SqueezeStage(SealedStage):
         return [Item(self.name, i, name, {"teacher": name}) for i, name in enumerate(names)]
 
     def marker_path(self, run_dir: Path, item: Item) -> Path:
-        return Path(run_dir) / "teachers" / f"{item.key}.done"
+        return layout.teacher_marker(run_dir, item.key)
 
     def outputs(self, run_dir: Path) -> list[tuple[str, Path]]:
-        return [("teachers", RunDir(Path(run_dir)).teachers)]
+        return [("teachers", layout.teachers_dir(run_dir))]
 
     def estimate(self, cfg: Config) -> dict:
         from prism_hpc.stages.costing import safely, squeeze_cost
@@ -44,8 +44,7 @@ class SqueezeStage(SealedStage):
         info = train_teacher(
             cfg, item.payload["teacher"], env.run_dir, env.device, env.log, env.progress
         )
-        out = Path(env.run_dir) / "teachers" / item.key
-        write_marker(
-            self.marker_path(env.run_dir, item), info, env.run_dir,
-            outputs=[out.with_suffix(".pt"), out.with_suffix(".json")], inputs=env.inputs,
-        )  # fmt: skip
+        run, name = env.run_dir, item.payload["teacher"]
+        outputs = [layout.teacher_weights(run, name), layout.teacher_info(run, name)]
+        write_marker(self.marker_path(env.run_dir, item), info, env.run_dir, outputs=outputs,
+                     inputs=env.inputs)  # fmt: skip

@@ -17,13 +17,13 @@ from typing import Any
 from prism_hpc.config.schema import Config
 from prism_hpc.stages.recover import distilled_size
 from prism_hpc.stages.sealed import SealedStage
+from prism_hpc.store import layout
 from prism_hpc.store.atomic import write_marker
-from prism_hpc.store.rundir import (
+from prism_hpc.store.layout import (
     CKPT_NAME,
     DONE_NAME,
     METRICS_NAME,
     PROGRESS_NAME,
-    RunDir,
     student_dir,
 )  # fmt: skip
 from prism_hpc.train.checks import check_train_config
@@ -67,8 +67,7 @@ class TrainStage(SealedStage):
         }
 
     def outputs(self, run_dir: Path) -> list[tuple[str, Path]]:
-        rd = RunDir(Path(run_dir))
-        return [("students", rd.students), ("results", rd.root / "results.md")]
+        return [("students", layout.students_dir(run_dir)), ("results", layout.results_md(run_dir))]
 
     def progress(self, run_dir: Path) -> dict[str, Any]:
         found = student_progress(run_dir)
@@ -103,7 +102,8 @@ class TrainStage(SealedStage):
             write_marker(
                 self.marker_path(env.run_dir, item),
                 {"arch": arch, "seed": seed, "final": metrics["final"], "best": metrics["best"],
-                 "wall_seconds": metrics["wall_seconds"]},
+                 "wall_seconds": metrics["wall_seconds"],
+                 "precision": (metrics.get("precision") or {}).get("resolved")},
                 env.run_dir, outputs=[out / CKPT_NAME, out / METRICS_NAME], inputs=env.inputs,
             )  # fmt: skip
 
@@ -112,7 +112,7 @@ def student_progress(run_dir: Path) -> list[dict]:
     """Epoch reached by each student that has started, from its small `progress.json`
     (written by the trainer's rank 0; read here without torch)."""
     found = []
-    for path in sorted(Path(run_dir).glob(f"students/*/seed*/{PROGRESS_NAME}")):
+    for path in layout.student_files(run_dir, PROGRESS_NAME):
         try:
             info = json.loads(path.read_text())
         except (OSError, ValueError):

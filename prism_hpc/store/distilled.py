@@ -21,8 +21,8 @@ import h5py
 import numpy as np
 
 from prism_hpc.errors import UserError
+from prism_hpc.store.layout import distilled_file
 
-DISTILLED_NAME = "distilled.h5"
 DEFAULT_MEMORY_BYTES = 4 << 30
 
 
@@ -172,7 +172,7 @@ class DistilledSet:
 
 def open_distilled(run_dir: Path, max_memory_bytes: int = 0) -> DistilledSet:
     """The distilled set of a run directory (pixels read on demand by default)."""
-    return DistilledSet(Path(run_dir) / DISTILLED_NAME, max_memory_bytes=max_memory_bytes)
+    return DistilledSet(distilled_file(run_dir), max_memory_bytes=max_memory_bytes)
 
 
 def read_attr_text(path: Path, name: str) -> str | None:

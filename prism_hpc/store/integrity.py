@@ -7,7 +7,10 @@ records, relative to the run directory:
 - `outputs`: {path: {size, mtime_ns, sha256}} of every file the item made;
 - `inputs`: {upstream marker path: its `id`} of the markers the item was computed from;
 - `id`: a fresh token. Downstream items record it; when an upstream item is redone its new
-  marker has a new id, so everything computed from the old one is stale.
+  marker has a new id, so everything computed from the old one is stale;
+- `item_seconds` (markers sealed inside a task only, `store.itemclock`): how long the item had
+  run when its marker was sealed. Informative: no check reads it, and the id never depended on
+  the payload, so a timing can never make an input look redone.
 
 The cheap check (every resume, every `status`) compares size and mtime and hashes only a file
 whose mtime changed; the full check (`prism-hpc verify`, `collect`) hashes everything. Re-sealing
@@ -24,6 +27,8 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from prism_hpc.store.itemclock import ITEM_SECONDS, elapsed
 
 
 def file_sha256(path: Path) -> str:
@@ -79,8 +84,12 @@ def sealed(
     inputs: Mapping[str, str | None] | None = None,
     keep_id: str | None = None,
 ) -> dict[str, Any]:
-    """`payload` plus the integrity records (a new id unless `keep_id`)."""
+    """`payload` plus the integrity records (a new id unless `keep_id`), and the running
+    item's seconds unless the payload already has them (a re-seal keeps the item's time)."""
     out = dict(payload)
+    seconds = elapsed()
+    if seconds is not None:
+        out.setdefault(ITEM_SECONDS, seconds)
     outputs = list(outputs)
     if outputs:
         if run_dir is None:

@@ -20,14 +20,17 @@ from typing import Any
 from prism_hpc.config.load import dump_config
 from prism_hpc.config.schema import Config
 from prism_hpc.errors import UserError
+from prism_hpc.store import layout
 from prism_hpc.store.atomic import atomic_write_text, host_tag, remove_stale_tmp
-
-# students/<arch>/seed<k>/: ckpt.pt (the restart point), metrics.json, then the .done marker
-CKPT_NAME = "ckpt.pt"
-METRICS_NAME = "metrics.json"
-DONE_NAME = ".done"
-PROGRESS_NAME = "progress.json"  # a student's epoch/loss/ETA, read by `status` (no torch)
-EVAL_NAME = "eval.json"  # a checkpoint evaluated without training (the evaluation array)
+from prism_hpc.store.layout import (  # noqa: F401 - the students' names, for callers
+    CKPT_NAME,
+    DONE_NAME,
+    EVAL_NAME,
+    METRICS_NAME,
+    PROGRESS_NAME,
+    safe_arch,
+    student_dir,
+)
 
 RUN_DIR_MODE = 0o750  # shared clusters: not world-readable/writable
 PACKAGES = ("prism-hpc", "torch", "torchvision", "timm", "submitit", "h5py", "numpy", "pydantic")
@@ -39,55 +42,55 @@ class RunDir:
 
     @property
     def config(self) -> Path:
-        return self.root / "config.yaml"
+        return layout.config_file(self.root)
 
     @property
     def input_config(self) -> Path:
-        return self.root / "config.input.yaml"
+        return layout.input_config_file(self.root)
 
     @property
     def provenance(self) -> Path:
-        return self.root / "provenance.json"
+        return layout.provenance_file(self.root)
 
     @property
     def state(self) -> Path:
-        return self.root / "state.json"
+        return layout.state_file(self.root)
 
     @property
     def plan(self) -> Path:
-        return self.root / "plan.json"
+        return layout.plan_file(self.root)
 
     @property
     def logs(self) -> Path:
-        return self.root / "logs"
+        return layout.logs_dir(self.root)
 
     @property
     def slurm(self) -> Path:
-        return self.root / "slurm"
+        return layout.slurm_scripts_dir(self.root)
 
     @property
     def teachers(self) -> Path:
-        return self.root / "teachers"
+        return layout.teachers_dir(self.root)
 
     @property
     def recover(self) -> Path:
-        return self.root / "recover"
+        return layout.recover_dir(self.root)
 
     @property
     def distilled(self) -> Path:
-        return self.root / "distilled.h5"
+        return layout.distilled_file(self.root)
 
     @property
     def relabel(self) -> Path:
-        return self.root / "relabel"
+        return layout.relabel_dir(self.root)
 
     @property
     def students(self) -> Path:
-        return self.root / "students"
+        return layout.students_dir(self.root)
 
     @property
     def figures(self) -> Path:
-        return self.root / "figures"
+        return layout.figures_dir(self.root)
 
     def load_config(self) -> Config:
         from prism_hpc.config.load import load_config
@@ -107,14 +110,6 @@ class RunDir:
         events = self.read_state()
         events.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **event})
         atomic_write_text(self.state, json.dumps(events, indent=1) + "\n")
-
-
-def safe_arch(arch: str) -> str:
-    return arch.replace(":", "_").replace("/", "_")
-
-
-def student_dir(run_dir: Path, arch: str, seed: int) -> Path:
-    return Path(run_dir) / "students" / safe_arch(arch) / f"seed{seed}"
 
 
 def git_info() -> dict[str, Any]:
@@ -212,7 +207,7 @@ def _publish(tmp: Path, run_dir: Path, inside: bool) -> None:
         return
     if any(e != tmp and not _is_build(e) for e in run_dir.iterdir()):
         raise UserError(f"{run_dir}: filled by someone else while the run was being built")
-    config = tmp / "config.yaml"
+    config = layout.config_file(tmp)
     moved: list[Path] = []
     try:
         for entry in sorted(tmp.iterdir(), key=lambda e: e == config):
@@ -285,7 +280,7 @@ class RunLock:
     held by the process that runs or submits the stages and released when it exits."""
 
     def __init__(self, rd: RunDir):
-        self.path = rd.root / ".lock"
+        self.path = layout.lock_file(rd.root)
         self._fh = None
 
     def acquire(self) -> RunLock:

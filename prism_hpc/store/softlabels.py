@@ -4,7 +4,8 @@ Layout of `run_dir/relabel/epochs_SSSS-EEEE.h5` (one writer, tmp + rename, then 
 marker next to it)::
 
     attrs: format, fingerprint, epoch_start, epoch_stop, num_images, num_classes, batch_size,
-           storage, topk, mix, ensemble, teachers
+           storage, topk, mix, ensemble, teachers, precision (the teachers' resolved autocast;
+           absent in files written before it was recorded)
     epoch_0007/
         order  int32 (N,)      crops int32 (N, 4)    flips uint8 (N,)   perm int32 (N,)
         lam    float32 (B,)    boxes int32 (B, 4)
@@ -33,6 +34,7 @@ import h5py
 import numpy as np
 
 from prism_hpc.errors import UserError
+from prism_hpc.store import layout
 from prism_hpc.store.atomic import atomic_path
 
 if TYPE_CHECKING:
@@ -79,15 +81,15 @@ def epoch_chunks(cfg) -> list[tuple[int, int]]:
 
 
 def chunk_key(start: int, stop: int) -> str:
-    return f"epochs_{start:04d}-{stop - 1:04d}"
+    return layout.softlabel_key(start, stop)
 
 
 def chunk_path(run_dir: Path, start: int, stop: int) -> Path:
-    return Path(run_dir) / "relabel" / f"{chunk_key(start, stop)}.h5"
+    return layout.softlabel_chunk(run_dir, start, stop)
 
 
 def chunk_marker(run_dir: Path, start: int, stop: int) -> Path:
-    return Path(run_dir) / "relabel" / f"{chunk_key(start, stop)}.done"
+    return layout.softlabel_marker(run_dir, start, stop)
 
 
 def index_dtype(num_classes: int):
@@ -110,9 +112,11 @@ def estimate_storage_bytes(cfg, num_images: int, num_classes: int) -> int:
 def fingerprint(cfg, distilled) -> str:
     """What the stored plans and labels depend on (a changed value invalidates the files)."""
     rel = cfg.relabel
-    # shuffle_patches off leaves the fingerprint of older files unchanged
-    skip = {"epochs_per_task", "batch_size"} | ({"shuffle_patches"} if rel.shuffle_patches == 1
-                                                else set())  # fmt: skip
+    # shuffle_patches off leaves the fingerprint of older files unchanged; precision moves
+    # only the last bits, like the hardware (the resolved one is in the file's attrs)
+    skip = {"epochs_per_task", "batch_size", "precision"}
+    if rel.shuffle_patches == 1:
+        skip.add("shuffle_patches")
     key = {
         "seed": cfg.seed,
         "relabel": rel.model_dump(mode="json", exclude=skip),
@@ -126,7 +130,7 @@ def fingerprint(cfg, distilled) -> str:
 
 def storage_summary(run_dir: Path) -> dict:
     """Files and bytes under run_dir/relabel (for logs and reports)."""
-    files = sorted((Path(run_dir) / "relabel").glob("epochs_*.h5"))
+    files = layout.softlabel_chunks(run_dir)
     return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
 
 

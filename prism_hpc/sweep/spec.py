@@ -5,6 +5,9 @@ special key `configs` with a list of config files (methods that differ in more t
 key). Points are the cartesian product, axes in the order written, so the same spec always
 gives the same points with the same names; a point's name is its run's folder name, which is
 what lets a rerun of the spec find (and skip) the points that are already done.
+
+Run lists that are no product are written out instead (`points:`, and `first:` for runs that
+must be finished before the others start, such as a teacher pool): see `sweep.listed`.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from typing import Any
 
 from prism_hpc.config.load import safe_load_unique
 from prism_hpc.errors import UserError
+from prism_hpc.sweep.listed import check_sets, listed_points
 
-SPEC_KEYS = {"name", "base", "set", "axes", "throttle"}
+SPEC_KEYS = {"name", "base", "set", "axes", "throttle", "points", "first"}
 CONFIGS_AXIS = "configs"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -33,10 +37,14 @@ class Point:
     config: Path
     overrides: tuple[str, ...]
     coords: tuple[tuple[str, Any], ...]  # (axis, value) in axis order, for tables
+    stages: tuple[str, ...] | None = None  # a subset of the pipeline (`submit --stages`)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "config": str(self.config),
-                "overrides": list(self.overrides), "coords": [list(c) for c in self.coords]}  # fmt: skip
+        out = {"name": self.name, "config": str(self.config),
+               "overrides": list(self.overrides), "coords": [list(c) for c in self.coords]}  # fmt: skip
+        if self.stages:  # only when given: the digest of a plain grid stays what it was
+            out["stages"] = list(self.stages)
+        return out
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,11 @@ class SweepSpec:
     points: tuple[Point, ...]
     throttle: int | None  # SLURM: at most this many array tasks of one stage at once
     digest: str  # of the expanded points: a sweep folder is never reused for another grid
+    first: tuple[Point, ...] = ()  # run one at a time, finished before any of `points` starts
+
+    @property
+    def every(self) -> tuple[Point, ...]:
+        return (*self.first, *self.points)
 
 
 def _slug(value: Any) -> str:
@@ -90,6 +103,13 @@ def _point(spec_name: str, base: Path, fixed: list[str], combo: tuple) -> Point:
     return Point(name, config, tuple(overrides), tuple(coords))
 
 
+def _listed(data: dict, key: str, path: Path, base: Path | None, fixed: list[str]):
+    if key not in data:
+        return ()
+    entries = listed_points(data[key], key, path, base, fixed)
+    return tuple(Point(name, config, sets, (), stages) for name, config, sets, stages in entries)
+
+
 def load_spec(path: Path) -> SweepSpec:
     """Read and expand a spec; every problem is one line naming the file and the key."""
     if not path.is_file():
@@ -99,14 +119,17 @@ def load_spec(path: Path) -> SweepSpec:
         raise UserError(f"{path}: expected a mapping with base, axes (and name, set, throttle)")
     unknown = sorted(set(data) - SPEC_KEYS)
     if unknown:
-        raise UserError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(SPEC_KEYS))})")
+        raise UserError(
+            f"{path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(SPEC_KEYS))})"
+        )
     name = str(data.get("name") or path.stem)
     if not NAME.fullmatch(name):
         raise UserError(f"{path}: name = {name!r}: letters, digits, '.', '_' or '-' (64 at most)")
-    axes = _check_axes(data.get("axes"), path)
+    listed = "points" in data or "first" in data
+    axes = _check_axes(data.get("axes"), path) if "axes" in data or not listed else []
     here = path.parent
     base_text = data.get("base")
-    if base_text is None and CONFIGS_AXIS not in dict(axes):
+    if base_text is None and axes and CONFIGS_AXIS not in dict(axes):
         raise UserError(f"{path}: missing required key 'base' (or an axis '{CONFIGS_AXIS}')")
     resolved = []
     for key, values in axes:
@@ -119,16 +142,20 @@ def load_spec(path: Path) -> SweepSpec:
     base = (here / str(base_text)).resolve() if base_text is not None else Path()
     if base_text is not None and not base.is_file():
         raise UserError(f"{path}: base = {base_text!r}: config file not found")
-    fixed = data.get("set") or []
-    if not isinstance(fixed, list) or not all(isinstance(s, str) and "=" in s for s in fixed):
-        raise UserError(f"{path}: set: expected a list of KEY.PATH=VALUE strings")
+    fixed = check_sets(data.get("set"), f"{path}: set")
     throttle = data.get("throttle")
     if throttle is not None and (not isinstance(throttle, int) or throttle < 1):
         raise UserError(f"{path}: throttle = {throttle!r}: expected a positive integer")
-    points = tuple(_point(name, base, fixed, combo) for combo in itertools.product(*resolved))
-    if len({p.name for p in points}) != len(points):
+    grid = [_point(name, base, fixed, combo) for combo in itertools.product(*resolved)]
+    listed_base = base if base_text is not None else None
+    points = (*_listed(data, "points", path, listed_base, fixed), *(grid if axes else []))
+    first = _listed(data, "first", path, listed_base, fixed)
+    if not points:
+        raise UserError(f"{path}: no points: give axes or points")
+    every = [p.name for p in (*first, *points)]
+    if len(set(every)) != len(every):
         raise UserError(f"{path}: two points get the same name; make the axis values distinct")
     digest = hashlib.sha256(
-        json.dumps([p.to_json() for p in points], sort_keys=True).encode()
+        json.dumps([p.to_json() for p in (*first, *points)], sort_keys=True).encode()
     ).hexdigest()[:16]
-    return SweepSpec(name, path.resolve(), points, throttle, digest)
+    return SweepSpec(name, path.resolve(), tuple(points), throttle, digest, first)

@@ -22,10 +22,10 @@ _OFFLINE_GLOB = "offline-run-*"
 
 def offline_runs(run_dir: Path) -> list[Path]:
     """The offline W&B run folders in the run directory that were not uploaded yet."""
-    from prism_hpc.tracking.wandb_sink import wandb_dir
+    from prism_hpc.store.layout import wandb_offline_dir
 
     found = []
-    for folder in sorted((wandb_dir(run_dir) / "wandb").glob(_OFFLINE_GLOB)):
+    for folder in sorted(wandb_offline_dir(run_dir).glob(_OFFLINE_GLOB)):
         logs = list(folder.glob("*.wandb"))
         if logs and not all(log.with_name(log.name + ".synced").exists() for log in logs):
             found.append(folder)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from prism_hpc.store import layout
 from prism_hpc.tracking.base import as_row
 
 PACKAGE = "tensorboard"
@@ -28,7 +29,7 @@ def safe_part(name: str) -> str:
 
 def tensorboard_dir(run_dir: Path, stage: str, item_key: str) -> Path:
     """Where an item's event files go."""
-    return Path(run_dir) / "tracking" / "tensorboard" / safe_part(stage) / safe_part(item_key)
+    return layout.tensorboard_dir(run_dir, safe_part(stage), safe_part(item_key))
 
 
 class TensorBoardSink:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_hpc.config.tracking import TrackingConfig
+from prism_hpc.store import layout
 from prism_hpc.tracking.base import TrackedTask, as_row
 
 PACKAGE = "wandb"
@@ -25,7 +26,7 @@ _DOWNGRADES = {"offline": "offline", "dryrun": "offline", "disabled": "disabled"
 
 def wandb_dir(run_dir: Path) -> Path:
     """The folder handed to `wandb.init(dir=...)`; offline runs end up in its `wandb/`."""
-    return Path(run_dir) / "tracking" / "wandb"
+    return layout.wandb_dir(run_dir)
 
 
 def wandb_mode(configured: str, environ: Mapping[str, str] = os.environ) -> str:

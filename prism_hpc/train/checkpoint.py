@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from prism_hpc.store.atomic import atomic_path, atomic_write_text
-from prism_hpc.store.rundir import METRICS_NAME
+from prism_hpc.store.layout import METRICS_NAME
 from prism_hpc.train.ema import ModelEMA
 
 
@@ -41,8 +41,9 @@ class History:
 
 
 def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-            ema: ModelEMA | None) -> History | None:  # fmt: skip
-    """Load `path` into the model, optimizer and EMA; None (and nothing loaded) without one."""
+            ema: ModelEMA | None, scaler: Any = None) -> History | None:  # fmt: skip
+    """Load `path` into the model, optimizer, EMA and fp16 loss scaler; None (and nothing
+    loaded) without one."""
     state = load_checkpoint(path)
     if state is None:
         return None
@@ -50,14 +51,18 @@ def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     optimizer.load_state_dict(state["optimizer"])
     if ema is not None and state.get("ema"):
         ema.load_state_dict(state["ema"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])  # the learnt scale, not 65536 again
     return History(int(state["epoch"]), json.loads(state["history"]),
                    json.loads(state["train_log"]), float(state["wall"]))  # fmt: skip
 
 
 def checkpoint(path: Path, history: History, model: nn.Module,
-               optimizer: torch.optim.Optimizer, ema: ModelEMA | None) -> None:  # fmt: skip
-    """Save the state after `history.epoch` finished epochs (rank 0)."""
-    save_checkpoint(path, {
+               optimizer: torch.optim.Optimizer, ema: ModelEMA | None,
+               scaler: Any = None) -> None:  # fmt: skip
+    """Save the state after `history.epoch` finished epochs (rank 0); `scaler` (fp16 only)
+    adds its state, so fp32/bf16 checkpoints hold what they always held."""
+    state = {
         "epoch": history.epoch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -65,7 +70,10 @@ def checkpoint(path: Path, history: History, model: nn.Module,
         "history": json.dumps(history.evals),
         "train_log": json.dumps(history.train_log),
         "wall": history.wall,
-    })  # fmt: skip
+    }
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    save_checkpoint(path, state)
 
 
 def write_metrics(out_dir: Path, metrics: dict[str, Any]) -> Path:

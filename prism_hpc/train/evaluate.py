@@ -68,7 +68,7 @@ def evaluate(
     mean: torch.Tensor,
     std: torch.Tensor,
     device: torch.device,
-    bf16: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy (fractions) of `model` on `data` (counts summed on the device:
     one host sync at the end)."""
@@ -83,7 +83,7 @@ def evaluate(
         x, y = ((x.to(device, non_blocking=nb).float() - m) / s), y.to(device, non_blocking=nb)
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
-        with bf16_autocast(device, bf16):
+        with half_autocast(device, precision):
             out = model(x).float()
         k = min(5, out.shape[1])
         top = out.topk(k, dim=1).indices
@@ -95,8 +95,12 @@ def evaluate(
     return {"top1": correct1 / max(total, 1), "top5": correct5 / max(total, 1)}
 
 
-def bf16_autocast(device: torch.device, on: bool):
-    """bf16 autocast on the device's type (CUDA or CPU) when `on`; a no-op otherwise."""
-    if on:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def half_autocast(device: torch.device, precision: str):
+    """Autocast on the device's type (CUDA or CPU) for a resolved `bf16` / `fp16`; fp32: no
+    context at all, so the fp32 path is the code it always was."""
+    if precision in HALF:
+        return torch.autocast(device.type, dtype=HALF[precision])
     return contextlib.nullcontext()

@@ -83,7 +83,7 @@ def run_epochs(t: Training) -> None:
         t.history.wall += time.time() - t0
         t.history.epoch = done
         if t.env.is_main:
-            checkpoint(t.ckpt_path, t.history, t.model, t.optimizer, t.ema)
+            checkpoint(t.ckpt_path, t.history, t.model, t.optimizer, t.ema, t.opts.scaler)
         t.prog.report(done, 0, train_loss, lr, "done" if done == epochs else "running", extra)
         t.env.progress({"epoch": done, "epochs": epochs, "loss": round(train_loss, 4)})
         stop = t.hooks.stop_after_epoch
@@ -149,7 +149,7 @@ def _evaluate(t: Training, done: int, train_loss: float) -> str:
     if t.env.is_main:
         model = t.ema.module if t.ema is not None else t.model
         mean, std = t.stats
-        acc = evaluate(model, t.eval_data, mean, std, t.opts.device, t.opts.bf16)
+        acc = evaluate(model, t.eval_data, mean, std, t.opts.device, t.opts.precision)
         t.history.evals.append({"epoch": done, **acc, "eval_images": len(t.eval_data),
                                 "train_loss": round(train_loss, 6)})  # fmt: skip
         extra = f" top-1 {acc['top1']:.4f} top-5 {acc['top5']:.4f}"

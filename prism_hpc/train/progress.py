@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prism_hpc.store.atomic import atomic_write_text
-from prism_hpc.store.rundir import PROGRESS_NAME
+from prism_hpc.store.layout import PROGRESS_NAME
 
 
 class ProgressLog:

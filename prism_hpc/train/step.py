@@ -12,20 +12,22 @@ import torch
 from torch import nn
 
 from prism_hpc.config.schema import StudentsConfig
-from prism_hpc.train.evaluate import bf16_autocast
+from prism_hpc.train.evaluate import half_autocast
 from prism_hpc.train.losses import Mix, student_loss
 
 
 @dataclass(frozen=True)
 class StepOptions:
     """What stays the same for every step of one training: the loss settings, where the
-    step runs, over how many DDP ranks, and in which number formats."""
+    step runs, over how many DDP ranks, and in which number formats (`precision` resolved:
+    fp32, bf16 or fp16; fp16 comes with its loss `scaler`, the one stateful member)."""
 
     students: StudentsConfig
     device: torch.device
     world_size: int = 1
-    bf16: bool = False
+    precision: str = "fp32"
     channels_last: bool = False
+    scaler: torch.amp.GradScaler | None = None
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -64,16 +66,24 @@ def train_step(
         last = j == len(sizes) - 1
         ctx = net.no_sync() if world_size > 1 and not last else contextlib.nullcontext()
         with ctx:
-            with bf16_autocast(opts.device, opts.bf16):
+            with half_autocast(opts.device, opts.precision):
                 out = net(x[part]).float()
             loss = student_loss(
                 st.loss, out, soft[part] if soft is not None else None, y[part],
                 temperature=st.temperature, ce_weight=st.ce_weight,
                 mix=Mix(y_b[part], lam) if y_b is not None else None,
             )  # fmt: skip
-            (loss * (size / n) * world_size).backward()
+            weighted = loss * (size / n) * world_size
+            scaled = weighted if opts.scaler is None else opts.scaler.scale(weighted)
+            scaled.backward()
         total += loss.detach().double() * size
     if before_step is not None:
+        if opts.scaler is not None:
+            opts.scaler.unscale_(optimizer)  # the hook sees true gradients
         before_step()
-    optimizer.step()
+    if opts.scaler is not None:
+        opts.scaler.step(optimizer)
+        opts.scaler.update()
+    else:
+        optimizer.step()
     return total

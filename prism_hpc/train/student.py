@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from prism_hpc.config.schema import Config
+from prism_hpc.hardware.capability import PrecisionChoice, detect, resolve_precision
 from prism_hpc.models.registry import create_model
 
 
@@ -47,14 +48,30 @@ def use_fused_optimizer(cfg: Config, device: torch.device) -> bool:
     return use_channels_last(cfg, device) if fused is None else bool(fused)
 
 
-def use_bf16(cfg: Config, device: torch.device) -> bool:
-    """`students.precision`: auto = bf16 on GPU when `amp` (fp32 on CPU), else as named."""
-    p = cfg.students.precision
-    if p == "auto":
-        return bool(cfg.students.amp) and device.type == "cuda"
-    return p == "bf16"
+def student_precision(cfg: Config, device: torch.device) -> PrecisionChoice:
+    """`students.precision` on `device` by recovery's capability rule (one rule for every
+    stage): auto = bf16 where native, fp16 on CUDA without bf16, else fp32 (`amp: false`:
+    fp32). The trainer asks on its task's device (each rank on its own); evaluating a
+    checkpoint gets the same answer there."""
+    return resolve_precision(cfg.students.requested_precision(), device)
 
 
-def use_channels_last(cfg: Config, device: torch.device) -> bool:
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 needs dynamic loss scaling (its range underflows small gradients); bf16 and fp32
+    do not. The scaler skips a step whose gradients overflowed and halves its scale."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def use_channels_last(cfg: Config, device: torch.device, log=None) -> bool:
+    """`students.channels_last`: None = on GPU only; auto = the faster layout that `bench
+    recover --calibrate` measured on this device (None's choice without a measurement);
+    `log` gets auto's one line of why."""
     cl = cfg.students.channels_last
+    if cl == "auto":
+        from prism_hpc.hardware.tuning import choose_channels_last, device_key
+
+        choice = choose_channels_last(device_key(detect(str(device))), device.type == "cuda")
+        if log is not None:
+            log(f"students {choice.reason}")
+        return bool(choice.value)
     return device.type == "cuda" if cl is None else bool(cl)

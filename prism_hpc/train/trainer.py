@@ -31,7 +31,7 @@ from prism_hpc.errors import UserError
 from prism_hpc.seeding import derive_seed
 from prism_hpc.store.atomic import atomic_write_text
 from prism_hpc.store.distilled import DistilledSet
-from prism_hpc.store.rundir import CKPT_NAME, EVAL_NAME, student_dir
+from prism_hpc.store.layout import CKPT_NAME, EVAL_NAME, distilled_file, student_dir
 from prism_hpc.train.checkpoint import History, load_checkpoint, restore
 from prism_hpc.train.checks import check_train_config
 from prism_hpc.train.data import StepBatches, step_loader
@@ -42,8 +42,9 @@ from prism_hpc.train.progress import ProgressLog
 from prism_hpc.train.step import StepOptions
 from prism_hpc.train.student import (
     build_student,
+    grad_scaler,
     make_optimizer,
-    use_bf16,
+    student_precision,
     use_channels_last,
     use_fused_optimizer,
 )
@@ -53,7 +54,7 @@ from prism_hpc.workflow import TaskEnv
 
 def _open_distilled(cfg: Config, run_dir: Path) -> tuple[DistilledSet, int]:
     """The run's distilled set and class count, refused when they contradict the config."""
-    distilled = DistilledSet(run_dir / "distilled.h5")
+    distilled = DistilledSet(distilled_file(run_dir))
     num_classes = num_classes_of(cfg.data, run_dir)
     if distilled.num_classes != num_classes:
         raise UserError(
@@ -93,11 +94,16 @@ def train_student(
     std = torch.tensor(distilled.std, dtype=torch.float32)
     ensemble = None
     if mode == "online":
-        from prism_hpc.relabel.ensemble import load_ensemble
+        from prism_hpc.relabel.ensemble import load_ensemble, relabel_precision
 
-        ensemble = load_ensemble(cfg, run_dir, device)
-    opts = StepOptions(st, device, world_size, use_bf16(cfg, device),
-                       use_channels_last(cfg, device))  # fmt: skip
+        ensemble = load_ensemble(cfg, run_dir, device, relabel_precision(cfg, device).precision)
+    precision = student_precision(cfg, device)
+    if env.is_main and (precision.warning or st.requested_precision() == "auto"):
+        log(f"warning: {precision.warning}" if precision.warning else
+            f"students precision {precision.reason}")  # fmt: skip
+    opts = StepOptions(st, device, world_size, precision.precision,
+                       use_channels_last(cfg, device, log if env.is_main else None),
+                       grad_scaler(precision.precision, device))  # fmt: skip
 
     torch.manual_seed(derive_seed(cfg.seed, "train-init", arch, seed))
     model = build_student(cfg, arch, num_classes)
@@ -112,7 +118,7 @@ def train_student(
 
     name = f"train {arch} seed {seed}"
     ckpt_path = out_dir / CKPT_NAME
-    history = restore(ckpt_path, model, optimizer, ema)
+    history = restore(ckpt_path, model, optimizer, ema, opts.scaler)
     if history is not None:
         log(f"{name}: resumed after epoch {history.epoch}")
 
@@ -139,7 +145,8 @@ def train_student(
     if env.is_main:
         log(f"{name}: {st.epochs} epochs x {steps} steps of {st.batch_size} "
             f"images ({st.grad_accum} micro-batch(es), {world_size} rank(s), sync_bn "
-            f"{st.sync_bn and world_size > 1}, {'bf16' if opts.bf16 else 'fp32'}"
+            f"{st.sync_bn and world_size > 1}, {opts.precision}"
+            f"{' + loss scaling' if opts.scaler is not None else ''}"
             f"{', channels_last' if opts.channels_last else ''}"
             f"{', fused optimizer' if optimizer.defaults.get('fused') else ''}, "
             f"{st.workers} loader worker(s))")  # fmt: skip
@@ -152,7 +159,12 @@ def train_student(
     finally:
         training.batches = None
         distilled.close()
-    return _metrics(cfg, (arch, seed), history, distilled.ipc, num_classes, n_params)
+    metrics = _metrics(cfg, (arch, seed), history, distilled.ipc, num_classes, n_params)
+    metrics["precision"] = {"resolved": opts.precision, "reason": precision.reason,
+                            "device": str(device)}  # fmt: skip
+    if ensemble is not None:  # online relabel: the teachers' forwards, resolved the same way
+        metrics["precision"]["relabel"] = ensemble.precision
+    return metrics
 
 
 def _metrics(cfg: Config, student: tuple[str, int], history: History, ipc: Any,
@@ -194,7 +206,7 @@ def evaluate_checkpoint(
     state = load_checkpoint(out_dir / CKPT_NAME)
     if state is None:
         raise UserError(f"{out_dir / CKPT_NAME}: no checkpoint to evaluate (train first)")
-    distilled = DistilledSet(Path(run_dir) / "distilled.h5")
+    distilled = DistilledSet(distilled_file(run_dir))
     mean = torch.tensor(distilled.mean, dtype=torch.float32)
     std = torch.tensor(distilled.std, dtype=torch.float32)
     distilled.close()
@@ -206,7 +218,7 @@ def evaluate_checkpoint(
         model = model.to(memory_format=torch.channels_last)
     data = eval_data if eval_data is not None else EvalData(cfg, cfg.students.eval_limit, run_dir)
     t0 = time.time()
-    acc = evaluate(model, data, mean, std, device, use_bf16(cfg, device))
+    acc = evaluate(model, data, mean, std, device, student_precision(cfg, device).precision)
     result = {"arch": arch, "seed": seed, "epoch": int(state["epoch"]), "weights": weights,
               **acc, "eval_images": len(data), "seconds": round(time.time() - t0, 2)}  # fmt: skip
     atomic_write_text(out_dir / EVAL_NAME, json.dumps(result, indent=1) + "\n")

@@ -1,5 +1,4 @@
-"""The multi-method benchmark behind run.py. It reuses the PRISM-vs-SRe2L driver
-(`benchmarks/fmnist_prism_vs_sre2l/driver`: runner, run states, timings, table cells and
-sections) and adds what differs: `specs` (methods found from their configs, the DD-Ranking
-partner runs) and `report` (BENCHMARKS.md). run.py puts `benchmarks/` and the repository on
-sys.path first."""
+"""The multi-method benchmark behind run.py: `specs` (methods found from their configs, one
+protocol, the DD-Ranking partner runs) and `report` (BENCHMARKS.md). What it shares with the
+PRISM-vs-SRe2L benchmark (the sweep spec and session, timing from markers, the report's shared
+sections) is `benchmarks.fmnist_shared`; its base.yaml and variants/ are read as files."""

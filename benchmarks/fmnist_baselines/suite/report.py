@@ -1,22 +1,26 @@
-"""BENCHMARKS.md of the multi-method benchmark. The sections the sibling benchmark already has
-(paired differences, diversity, stage times, every run) are its own functions; this module adds
-the DD-Ranking scores and the wall time per method, and orders the document."""
+"""BENCHMARKS.md of the multi-method benchmark. The sections both Fashion-MNIST benchmarks have
+(header, paired differences, diversity, every run) are `benchmarks.fmnist_shared.sections`;
+this module adds the DD-Ranking scores and the wall time per method, and orders the document.
+Times come from the runs' markers and the sweep's `sweep.json`, never from a log line."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fmnist_prism_vs_sre2l.driver.markdown import fmt_s, md_table
-from fmnist_prism_vs_sre2l.driver.report import header_parts
-from fmnist_prism_vs_sre2l.driver.sections_results import diversity_section, paired_section
-from fmnist_prism_vs_sre2l.driver.sections_runs import per_run_section
-from fmnist_prism_vs_sre2l.driver.specs import STAGES, RunSpec
-from fmnist_prism_vs_sre2l.driver.state import run_dir, status
-from fmnist_prism_vs_sre2l.driver.timings import Timings, stage_seconds
+from benchmarks.fmnist_shared.markdown import fmt_s, md_table
+from benchmarks.fmnist_shared.runlist import STAGES, RunSpec, pool_dir, run_dir
+from benchmarks.fmnist_shared.sections import (
+    diversity_section,
+    header_parts,
+    paired_section,
+    per_run_section,
+)
+from benchmarks.fmnist_shared.timing import run_states, stage_seconds, submit_walls
+from prism_hpc.store import layout
 
-from .specs import HERE, Method, Mode
+from .specs import Method, Mode
 
-SCRIPT = HERE / "run.py"
+MODULE = "benchmarks.fmnist_baselines.run"  # the command BENCHMARKS.md names
 
 
 def _order(methods: list[Method]) -> dict[tuple[str, str], int]:
@@ -27,7 +31,7 @@ def _order(methods: list[Method]) -> dict[tuple[str, str], int]:
     return order
 
 
-def wall_section(out: Path, specs: list[RunSpec], timings: Timings, methods: list[Method]) -> str:
+def wall_section(out: Path, specs: list[RunSpec], walls: dict[str, float], methods) -> str:
     """Per method and init: mean seconds per run of each stage, and per run in all."""
     labels = {m.key: m.label for m in methods}
     groups: dict[tuple[str, str, str, int], list[RunSpec]] = {}
@@ -37,30 +41,34 @@ def wall_section(out: Path, specs: list[RunSpec], timings: Timings, methods: lis
         groups.setdefault((s.group, s.variant, s.init, s.ipc), []).append(s)
     lines = []
     # the pipeline's stages plus any a method adds (DELT's rank, G-VBSM/EDC's statistics)
-    seen = {k for s in specs if s.group != "pool" for k in stage_seconds(out, s.name)}
-    stages = [k for k in ("squeeze", "rank", "statistics") if k in seen] + [
-        k for k in STAGES if k != "squeeze"] + sorted(seen - set(STAGES) - {"rank", "statistics"})
+    seconds = {s.name: stage_seconds(run_dir(out, s)) for s in specs if s.group != "pool"}
+    seen = {k for per in seconds.values() for k in per}
+    stages = (
+        [k for k in ("squeeze", "rank", "statistics") if k in seen]
+        + [k for k in STAGES if k != "squeeze"]
+        + sorted(seen - set(STAGES) - {"rank", "statistics"})
+    )
     kinds = {"method": "", "hard": " (hard labels)", "rdm": "", "real": ""}
     for (group, variant, init, ipc), members in groups.items():
-        timed = [s for s in members if stage_seconds(out, s.name)]
+        timed = [s for s in members if seconds[s.name]]
         if not timed:
             continue
-        per = [stage_seconds(out, s.name) for s in timed]
-        walls = [timings.submit_wall(s.name) for s in timed]
+        per = [seconds[s.name] for s in timed]
+        submits = [walls.get(s.name, 0.0) for s in timed]
         name = labels.get(variant, {"random_real": "Random real subset",
                                     "full_real": "Full real data"}.get(variant, variant))  # fmt: skip
         row = [f"{name}{kinds[group]}", init, "all" if ipc == 0 else str(ipc), str(len(timed))]
         row += [fmt_s(sum(p.get(k, 0.0) for p in per) / len(per)) if any(k in p for p in per)
                 else "-" for k in stages]  # fmt: skip
-        row.append(fmt_s(sum(walls) / len(walls)))
+        row.append(fmt_s(sum(submits) / len(submits)))
         lines.append(row)
     if not lines:
         return ""
     return (
         "## Wall time per method on this machine\n\n"
         + md_table(["Method", "Init", "IPC", "Runs", *stages, "submit wall per run"], lines)
-        + "\n\nMean seconds per run of each stage (sum of the item times the local backend "
-        "logs), one intra-op thread per process, `--jobs` processes side by side on a shared "
+        + "\n\nMean seconds per run of each stage (sum of the `item_seconds` in its items' "
+        "markers), one intra-op thread per process, `--jobs` processes side by side on a shared "
         "machine: compare methods within this table, not with other machines. `recover` is "
         "where the methods differ; the rest is the shared protocol.\n"
     )
@@ -70,12 +78,14 @@ def pool_section(out: Path) -> str:
     from prism_hpc.metrics import tables
     from prism_hpc.metrics.runs import load_runs
 
-    if not (out / "pool" / "config.yaml").is_file():
+    if not layout.config_file(pool_dir(out)).is_file():
         return ""
-    pool = load_runs([out / "pool"])
-    return "## Teacher pool (squeezed once, shared by every run)\n\n" + tables.teacher_table(
-        pool
-    ) + "\n"
+    pool = load_runs([pool_dir(out)])
+    return (
+        "## Teacher pool (squeezed once, shared by every run)\n\n"
+        + tables.teacher_table(pool)
+        + "\n"
+    )
 
 
 def setup_section(specs: list[RunSpec], mode: Mode, methods: list[Method]) -> str:
@@ -124,24 +134,19 @@ def setup_section(specs: list[RunSpec], mode: Mode, methods: list[Method]) -> st
 
 
 def write_benchmarks(
-    out: Path,
-    mode: Mode,
-    specs: list[RunSpec],
-    methods: list[Method],
-    timings: Timings,
-    argv: list[str],
-    jobs: int,
-    failed: list[tuple[str, Path]],
-) -> Path:
+    out: Path, mode: Mode, specs: list[RunSpec], methods: list[Method],
+    command: tuple[list[str], int], failed: list[str],
+) -> Path:  # fmt: skip
+    """OUT/BENCHMARKS.md from the runs finished so far; `command`: (argv, --jobs)."""
     from prism_hpc.metrics import ddranking, tables
     from prism_hpc.metrics.runs import load_runs
 
-    states = {s.name: status(out, s) for s in specs}
-    finished = [s for s in specs[1:] if states[s.name] == "done"]
+    states, walls = run_states(out), submit_walls(out)
+    finished = [s for s in specs[1:] if states.get(s.name) == "done"]
     by_name = {s.name: s for s in specs}
     order = _order(methods)
     parts = header_parts(out, "Every SRe2L-family method on Fashion-MNIST, one protocol", mode,
-                         specs, finished, failed, timings, argv, jobs, SCRIPT)  # fmt: skip
+                         specs, states, failed, (MODULE, *command))  # fmt: skip
     parts.append("Findings (hand-written, for the committed run): [FINDINGS.md](FINDINGS.md).\n")
     parts.append(setup_section(specs, mode, methods))
     parts.append(pool_section(out))
@@ -175,9 +180,8 @@ def write_benchmarks(
                  "accuracies are the final top-1 means over matching runs and student seeds; "
                  "HLR = real-hard − syn-hard, IOR = syn-any − rdm-any (points), LRS with "
                  "weight 0.5 (%).\n")  # fmt: skip
-    parts.append(wall_section(out, specs, timings, methods))
-    parts.append(per_run_section(out, specs, states, all_runs, jobs))
+    parts.append(wall_section(out, specs, walls, methods))
+    parts.append(per_run_section(out, specs, states, all_runs))
     path = out / "BENCHMARKS.md"
     path.write_text("\n".join(p for p in parts if p))
     return path
-

@@ -18,12 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fmnist_prism_vs_sre2l.driver.specs import (
-    RunSpec,
-    load_yaml,
-    set_dotted,
-)
-
+from benchmarks.fmnist_shared.runlist import RunSpec, load_yaml, pool_dir, set_dotted
 from prism_hpc.config.load import deep_merge
 
 HERE = Path(__file__).resolve().parent.parent  # benchmarks/fmnist_baselines
@@ -217,7 +212,7 @@ def build_specs(
         methods = [m for m in methods if m.key in only]
     base = protocol(mode)
     base["teachers"] = merged_teachers(base, methods)
-    pool_dir = (out / "pool").resolve()
+    pool = pool_dir(out).resolve()
     pool_cfg = copy.deepcopy(base)
     pool_cfg.update(name="pool", method="teacher pool")
     specs = [RunSpec("pool", "pool", "pool", 0, "-", 0, pool_cfg)]
@@ -229,7 +224,7 @@ def build_specs(
         cfg["name"], cfg["seed"] = name, seed
         cfg["squeeze"]["enabled"] = False
         for t in squeezed:
-            cfg["teachers"][t]["weights"] = str(pool_dir / "teachers" / f"{t}.pt")
+            cfg["teachers"][t]["weights"] = str(pool / "teachers" / f"{t}.pt")
         cfg["recover"]["ipc"] = ipc
         cfg["recover"].setdefault("cpu_threads", 1)
         cfg["students"].update(seeds=list(sseeds), epochs=epochs, eval_every=epochs)
@@ -290,9 +285,13 @@ def build_specs(
     native = {m.key: m.native_init for m in methods}
 
     def late(s: RunSpec) -> bool:
-        return s.group in ("method", "hard") and s.variant != "prism" and s.init != native[s.variant]
+        return (
+            s.group in ("method", "hard") and s.variant != "prism" and s.init != native[s.variant]
+        )
 
-    rest = sorted(enumerate(specs[1:]), key=lambda t: (late(t[1]), mode.rec_seeds.index(t[1].seed), t[0]))
+    rest = sorted(
+        enumerate(specs[1:]), key=lambda t: (late(t[1]), mode.rec_seeds.index(t[1].seed), t[0])
+    )
     real = RunSpec("full_real-hard", "real", "full_real", 0, "real", 0, cfg)
     return [specs[0], real] + [s for _, s in rest]
 

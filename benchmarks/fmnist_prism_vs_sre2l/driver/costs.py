@@ -1,7 +1,8 @@
 """Unit costs measured in this benchmark's runs; the prediction itself is `prism_hpc.cost`.
 
 `calibrate` times what the smoke run's short items cannot separate, `measure_costs` reads the
-finished items' logs and markers; `estimate_wall` feeds the benchmark's run list to the
+finished items' markers (their `item_seconds`, and the stages' own `seconds`), shard provenance
+and the submits' seconds in sweep.json; `estimate_wall` feeds the benchmark's run list to the
 product's scheduler estimate with Fashion-MNIST's sizes."""
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.fmnist_shared.runlist import RunSpec, pool_dir, run_dir
+from benchmarks.fmnist_shared.timing import item_times
 from prism_hpc import cost as cost_model
+from prism_hpc.store import layout
 
-from .specs import NUM_CLASSES, RunSpec
-from .state import run_dir
-from .timings import Timings, item_times
+from .specs import NUM_CLASSES
 
 FMNIST = cost_model.DatasetSize(num_classes=NUM_CLASSES, train_images=60000, test_images=10000)
 
@@ -88,16 +90,17 @@ def calibrate(base: dict) -> dict[str, float]:
     return {"student_step_s": step_s, "eval_image_s": eval_s, "relabel_visit_s": visit_s}
 
 
-def measure_costs(out: Path, specs: list[RunSpec], timings: Timings) -> dict[str, Any]:
-    """Unit costs measured in this out dir's finished items (see README, "Sizing")."""
+def measure_costs(out: Path, specs: list[RunSpec], walls: dict[str, float]) -> dict[str, Any]:
+    """Unit costs measured in this out dir's finished items (see README, "Sizing"); `walls`:
+    per run, the seconds of its submits (sweep.json)."""
     costs: dict[str, Any] = {"recover_iter_s": {}, "n": {}}
     cal = _read_json(out / "calibration.json") or {}
     # squeeze: the teacher json's `seconds` covers the steps and the 10k test-set evaluation
     test_eval = FMNIST.test_images * cal.get("eval_image_s", 0.0)
-    pool_items = {k: s for st, k, s in item_times(out, "pool") if st == "squeeze"}
+    pool_items = {k: s for st, k, s in item_times(pool_dir(out)) if st == "squeeze"}
     sq_step, sq_over = [], []
     for name, item_s in pool_items.items():
-        info = _read_json(out / "pool" / "teachers" / f"{name}.json")
+        info = _read_json(layout.teacher_info(pool_dir(out), name))
         if info and info.get("steps"):
             sq_step.append(max(0.0, info["seconds"] - test_eval) / info["steps"])
             sq_over.append(max(0.0, item_s - info["seconds"]) + test_eval)
@@ -108,10 +111,10 @@ def measure_costs(out: Path, specs: list[RunSpec], timings: Timings) -> dict[str
     # quantisation, which the init_only baseline's chunks measure alone
     init_only = []
     for s in specs[1:]:
-        for st, key, _ in item_times(out, s.name):
+        for st, key, _ in item_times(run_dir(out, s)):
             if st != "recover":
                 continue
-            prov = _shard_provenance(run_dir(out, s) / "recover" / f"{key}.h5")
+            prov = _shard_provenance(layout.recover_dir(run_dir(out, s)) / f"{key}.h5")
             if prov and not prov.get("iterations"):
                 init_only.extend(c.get("seconds", 0.0) for c in prov.get("chunks", []))
     fixed = sum(init_only) / len(init_only) if init_only else 0.0
@@ -120,14 +123,14 @@ def measure_costs(out: Path, specs: list[RunSpec], timings: Timings) -> dict[str
     report, collect, submit_over = [], [], []
     for s in specs[1:]:
         rd = run_dir(out, s)
-        items = item_times(out, s.name)
+        items = item_times(rd)
         if not items:
             continue
         by_stage: dict[str, list[tuple[str, float]]] = {}
         for st, key, sec in items:
             by_stage.setdefault(st, []).append((key, sec))
         for key, sec in by_stage.get("recover", []):
-            prov = _shard_provenance(rd / "recover" / f"{key}.h5")
+            prov = _shard_provenance(layout.recover_dir(rd) / f"{key}.h5")
             if not prov:
                 continue
             inner = sum(c.get("seconds", 0.0) for c in prov.get("chunks", []))
@@ -138,7 +141,7 @@ def measure_costs(out: Path, specs: list[RunSpec], timings: Timings) -> dict[str
                     max(0.0, inner - chunks * fixed) / prov["iterations"]
                 )
         for key, sec in by_stage.get("relabel", []):
-            m = _read_json(rd / "relabel" / f"{key}.done") or {}
+            m = _read_json(layout.relabel_dir(rd) / f"{key}.done") or {}
             visits = s.config["students"]["epochs"] * s.ipc * NUM_CLASSES
             if m.get("seconds") and cal:
                 ens = visits * cal["relabel_visit_s"]
@@ -146,7 +149,7 @@ def measure_costs(out: Path, specs: list[RunSpec], timings: Timings) -> dict[str
             train_over.append(max(0.0, sec - m.get("seconds", sec)))
         for key, sec in by_stage.get("train", []):
             arch, seed = key.rsplit("-seed", 1)
-            met = _read_json(rd / "students" / arch / f"seed{seed}" / "metrics.json") or {}
+            met = _read_json(layout.student_dir(rd, arch, int(seed)) / layout.METRICS_NAME) or {}
             if met.get("wall_seconds") is None or not cal:
                 continue
             st = s.config["students"]
@@ -161,7 +164,7 @@ def measure_costs(out: Path, specs: list[RunSpec], timings: Timings) -> dict[str
             report.append(max(0.0, sec - 2 * s.ipc * NUM_CLASSES * cal.get("eval_image_s", 0.0)))
         for _, sec in by_stage.get("collect", []):
             collect.append(sec)
-        wall = timings.submit_wall(s.name)
+        wall = walls.get(s.name)
         if wall:
             submit_over.append(max(0.0, wall - sum(sec for _, _, sec in items)))
 

@@ -2,41 +2,38 @@
 
 from __future__ import annotations
 
-import os
-import shlex
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from .markdown import fmt_s
-from .sections_results import diversity_section, expectations, paired_section, table2_section
-from .sections_runs import estimate_section, figures_section, per_run_section, timing_section
-from .specs import HERE, REPO, TABLE2_ROWS, Mode, RunSpec
-from .state import run_dir, status
-from .timings import Timings
+from benchmarks.fmnist_shared.runlist import RunSpec, pool_dir, run_dir
+from benchmarks.fmnist_shared.sections import (
+    diversity_section,
+    header_parts,
+    paired_section,
+    per_run_section,
+)
+from benchmarks.fmnist_shared.timing import run_states, submit_walls
+from prism_hpc.store import layout
 
-SCRIPT = HERE / "run.py"  # the command BENCHMARKS.md names
+from .sections_results import expectations, table2_section
+from .sections_runs import estimate_section, figures_section, timing_section
+from .specs import TABLE2_ROWS, Mode
+
+MODULE = "benchmarks.fmnist_prism_vs_sre2l.run"  # the command BENCHMARKS.md names
 
 
 def write_benchmarks(
-    out: Path,
-    mode: Mode,
-    specs: list[RunSpec],
-    timings: Timings,
-    argv: list[str],
-    jobs: int,
-    failed: list[tuple[str, Path]],
+    out: Path, mode: Mode, specs: list[RunSpec], argv: list[str], jobs: int, failed: list[str]
 ) -> Path:
+    """OUT/BENCHMARKS.md from the runs finished so far (states and times: their markers)."""
     from prism_hpc.metrics import tables
     from prism_hpc.metrics.runs import load_runs
 
-    states = {s.name: status(out, s) for s in specs}
-    finished = [s for s in specs[1:] if states[s.name] == "done"]
+    states, walls = run_states(out), submit_walls(out)
+    finished = [s for s in specs[1:] if states.get(s.name) == "done"]
     by_name = {s.name: s for s in specs}
-    parts = header_parts(out, "PRISM vs SRe2L on Fashion-MNIST", mode, specs, finished, failed,
-                         timings, argv, jobs, SCRIPT)  # fmt: skip
+    parts = header_parts(out, "PRISM vs SRe2L on Fashion-MNIST", mode, specs, states, failed,
+                         (MODULE, argv, jobs))  # fmt: skip
     parts.append(
         "How to read these numbers (hand-written, from the committed full run): "
         "[FINDINGS.md](FINDINGS.md), next to the committed copy of this file in "
@@ -45,7 +42,8 @@ def write_benchmarks(
     parts.append(setup_section(specs, mode))
 
     # teachers
-    pool_runs = load_runs([out / "pool"]) if (out / "pool" / "config.yaml").is_file() else []
+    pool = pool_dir(out)
+    pool_runs = load_runs([pool]) if layout.config_file(pool).is_file() else []
     if pool_runs:
         parts.append(
             "## Teacher pool (squeezed once, shared by every run)\n\n"
@@ -78,10 +76,10 @@ def write_benchmarks(
     t2 = load_runs([run_dir(out, s) for s in t2_specs]) if t2_specs else []
     parts.append(table2_section(t2, {str(r.path): by_name[r.path.name] for r in t2}))
     parts.append(expectations(runs, rows, t2, {str(r.path): by_name[r.path.name] for r in t2}))
-    parts.append(timing_section(out, specs, timings, states))
-    parts.append(estimate_section(out, specs, timings, jobs, mode))
+    parts.append(timing_section(out, specs, walls))
+    parts.append(estimate_section(out, specs, walls, jobs))
     parts.append(figures_section(out, specs, states))
-    parts.append(per_run_section(out, specs, states, runs + t2, jobs))
+    parts.append(per_run_section(out, specs, states, runs + t2))
     path = out / "BENCHMARKS.md"
     path.write_text("\n".join(parts))
     return path
@@ -95,21 +93,6 @@ def publish(out: Path, dest: Path) -> None:
     if (out / "figures").is_dir():
         shutil.rmtree(dest / "figures", ignore_errors=True)
         shutil.copytree(out / "figures", dest / "figures")
-
-
-def git_state() -> str:
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=REPO, check=False, capture_output=True, text=True, timeout=10
-        )
-        return done.stdout.strip()
-
-    try:
-        sha = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain")
-        return f"git {sha}" + (" + uncommitted changes" if dirty else "") if sha else "no git"
-    except (OSError, subprocess.SubprocessError):
-        return "no git"
 
 
 def setup_section(specs: list[RunSpec], mode: Mode) -> str:
@@ -160,46 +143,3 @@ def setup_section(specs: list[RunSpec], mode: Mode) -> str:
         ),
     ]
     return "\n".join(lines) + "\n"
-
-
-def header_parts(
-    out: Path, title: str, mode, specs, finished, failed, timings: Timings, argv: list[str],
-    jobs: int, script: Path,
-) -> list[str]:
-    """Title, mode note, what finished, the exact command and the machine/code line of a
-    BENCHMARKS.md (shared with benchmarks/fmnist_baselines)."""
-    parts = [f"# {title} ({mode.name} mode)\n"]
-    if mode.name != "full":
-        parts.append(f"> **{mode.note}**\n")
-    parts.append(
-        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from `{out}`: "
-        f"{len(finished)} of {len(specs) - 1} runs finished"
-        + (f"; **failed: {', '.join(n for n, _ in failed)}**" if failed else "")
-        + ".\n"
-    )
-    rel_script = os.path.relpath(script, REPO)
-    py = (
-        os.path.relpath(sys.executable, REPO)
-        if str(sys.executable).startswith(str(REPO))
-        else (sys.executable)
-    )
-    parts.append(
-        "Command (from the repository root):\n\n```\n"
-        + shlex.join([py, rel_script, *argv])
-        + "\n```\n"
-    )
-    sessions = timings.data.get("sessions", [])
-    total_wall = sum(x.get("wall_s", 0.0) for x in sessions)
-    loads = [x.get("loadavg_start") for x in sessions if x.get("loadavg_start")]
-    git = git_state()
-    parts.append(
-        f"Machine: {os.cpu_count()} CPU cores, `--jobs {jobs}` runs side by side, one thread "
-        f"each; driver wall time {fmt_s(total_wall)} over {len(sessions)} session(s)"
-        + (
-            f"; 1-min load average at session starts: {', '.join(f'{x:.1f}' for x in loads)}"
-            if loads
-            else ""
-        )
-        + f". Code: {git}.\n"
-    )
-    return parts

@@ -1,5 +1,5 @@
-"""BENCHMARKS.md sections on the runs themselves: stage times, unit costs and estimates,
-figures, every run."""
+"""BENCHMARKS.md sections on the runs themselves: stage times (from the items' markers), unit
+costs and estimates, figures (every run: `benchmarks.fmnist_shared.sections`)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ import os
 import subprocess
 from pathlib import Path
 
+from benchmarks.fmnist_shared.markdown import fmt_ms, fmt_s, md_table
+from benchmarks.fmnist_shared.runlist import STAGES, RunSpec, run_dir
+from benchmarks.fmnist_shared.session import cli, read_sessions
+from benchmarks.fmnist_shared.timing import stage_seconds
+
 from .costs import estimate_wall, measure_costs
-from .markdown import fmt_ms, fmt_s, md_table
-from .runner import cli
-from .specs import MODES, REPO, STAGES, Mode, RunSpec, build_specs
-from .state import run_dir
-from .timings import Timings, stage_seconds
+from .specs import MODES, REPO, build_specs
 
 
-def timing_section(out: Path, specs, timings: Timings, states) -> str:
-
+def timing_section(out: Path, specs: list[RunSpec], walls: dict[str, float]) -> str:
+    """Per group of runs: the summed item seconds of every stage and the submits' seconds."""
     groups: dict[str, dict[str, float]] = {}
     counts: dict[str, int] = {}
     for s in specs:
@@ -26,14 +27,14 @@ def timing_section(out: Path, specs, timings: Timings, states) -> str:
             if s.group == "pool"
             else (f"main, IPC {s.ipc}" if s.group == "main" else f"Table 2, IPC {s.ipc}")
         )
-        st = stage_seconds(out, s.name)
-        if not st and not timings.submit_wall(s.name):
+        st = stage_seconds(run_dir(out, s))
+        if not st and not walls.get(s.name):
             continue
         acc = groups.setdefault(g, {})
         counts[g] = counts.get(g, 0) + 1
         for k, v in st.items():
             acc[k] = acc.get(k, 0.0) + v
-        acc["submit wall"] = acc.get("submit wall", 0.0) + timings.submit_wall(s.name)
+        acc["submit wall"] = acc.get("submit wall", 0.0) + walls.get(s.name, 0.0)
     if not groups:
         return ""
     cols = [*STAGES, "submit wall"]
@@ -45,21 +46,21 @@ def timing_section(out: Path, specs, timings: Timings, states) -> str:
         ["**all**", str(sum(counts.values()))]
         + [fmt_s(total[c]) if total[c] else "-" for c in cols]
     )
-    sessions = timings.data.get("sessions", [])
+    sessions = read_sessions(out)
     return (
         "## Wall time of every stage\n\n"
         + md_table(["Runs", "n", *cols], lines)
-        + "\n\nSums over runs of the item times the local backend logs (`[stage] k/n done "
-        "(item, X s)`), one thread per process, `--jobs` processes side by side (so a stage "
-        "sum is CPU-ish time, not elapsed time). `submit wall`: elapsed time of the "
-        "`prism-hpc submit` calls (process start-up, plan, all stages). Driver elapsed time: "
-        + ", ".join(fmt_s(x.get("wall_s")) for x in sessions)
-        + ".\n"
+        + "\n\nSums over runs of the item seconds recorded in each item's `.done` marker "
+        "(`item_seconds`: from the stage starting on the item to its marker), one thread per "
+        "process, `--jobs` processes side by side (so a stage sum is CPU-ish time, not elapsed "
+        "time). `submit wall`: elapsed time of the `prism-hpc submit` calls (process start-up, "
+        "plan, all stages), as `prism-hpc sweep` records them in `runs/sweep.json`. Driver "
+        "elapsed time: " + ", ".join(fmt_s(x.get("wall_s")) for x in sessions) + ".\n"
     )
 
 
-def estimate_section(out: Path, specs, timings, jobs: int, mode: Mode) -> str:
-    costs = measure_costs(out, specs, timings)
+def estimate_section(out: Path, specs, walls: dict[str, float], jobs: int) -> str:
+    costs = measure_costs(out, specs, walls)
     (out / "costs.json").write_text(json.dumps(costs, indent=1) + "\n")
     iters = costs.get("recover_iter_s") or {}
     if not iters:
@@ -115,7 +116,7 @@ def estimate_section(out: Path, specs, timings, jobs: int, mode: Mode) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figures_section(out: Path, specs, states) -> str:
+def figures_section(out: Path, specs, states: dict[str, str]) -> str:
     """`prism-hpc report` over the seed-0 runs of each (IPC, init): the same initial images
     side by side (paper Fig. 5), per-class diversity curves, embeddings. Written once."""
     lines = []
@@ -128,7 +129,7 @@ def figures_section(out: Path, specs, states) -> str:
             members = [
                 x for x in groups.get((ipc, "real"), []) if x.variant == "real_images"
             ] + members
-        if not all(states[m.name] == "done" for m in members):
+        if not all(states.get(m.name) == "done" for m in members):
             continue
         dest = out / "figures" / f"ipc{ipc}-{init}"
         if not (dest / "report.md").is_file():
@@ -152,46 +153,4 @@ def figures_section(out: Path, specs, states) -> str:
         "2-D feature embeddings (`prism-hpc report` over the first recovery seed):\n\n"
         + "\n".join(lines)
         + "\n"
-    )
-
-
-def per_run_section(out: Path, specs, states, runs, jobs: int) -> str:
-
-    info = {r.path.name: r for r in runs}
-    lines = []
-    for s in specs:
-        st = stage_seconds(out, s.name)
-        r = info.get(s.name)
-        accs = (
-            ", ".join(f"{x.top1:.2f}" for x in sorted(r.students, key=lambda x: x.seed))
-            if r
-            else "-"
-        )
-        div = (
-            f"{r.diversity['distilled']['mean']:.4f}"
-            if r and r.diversity and r.diversity.get("distilled")
-            else "-"
-        )
-        lines.append(
-            [s.name, states[s.name], s.config.get("method", "-"), s.init, str(s.seed), accs, div]
-            + [fmt_s(st.get(k)) if st.get(k) else "-" for k in STAGES]
-        )
-    return (
-        "<details><summary>Every run</summary>\n\n"
-        + md_table(
-            [
-                "Run",
-                "State",
-                "Method",
-                "Init",
-                "Seed",
-                "Top-1 per student seed",
-                "Diversity",
-                *STAGES,
-            ],
-            lines,
-        )
-        + "\n\nConfigs: `configs/<run>.yaml` (base.yaml + variants/ overlay + per-run "
-        "settings); logs: `logs/<run>.attempt<k>.log`; run dirs: `runs/<run>/` (each with "
-        "its own report.md and figures).\n\n</details>\n"
     )

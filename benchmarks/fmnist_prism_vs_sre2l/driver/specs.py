@@ -1,4 +1,5 @@
-"""The benchmark's run list: modes, and per run the merged config (base.yaml + variants/)."""
+"""The benchmark's run list: modes, and per run the merged config (base.yaml + variants/);
+`benchmarks.fmnist_shared.runlist` turns it into the sweep spec that runs it."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from benchmarks.fmnist_shared.runlist import RunSpec, load_yaml, pool_dir, set_dotted
 from prism_hpc.config.load import deep_merge
 from prism_hpc.cost import squeezed_teachers
 
@@ -16,7 +16,6 @@ HERE = Path(__file__).resolve().parent.parent  # benchmarks/fmnist_prism_vs_sre2
 REPO = HERE.parent.parent
 VARIANTS = HERE / "variants"
 NUM_CLASSES = 10  # Fashion-MNIST
-STAGES = ("squeeze", "recover", "collect", "relabel", "train", "report")
 
 # Main comparison rows (variant file, label) and Table 2 rows (file, paper top-1 on ImageNet-1K).
 MAIN_VARIANTS = ("real_images", "sre2l", "prism")
@@ -96,34 +95,6 @@ MODES = {
 }
 
 
-def set_dotted(data: dict, dotted: str, value: Any) -> None:
-    node = data
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-
-
-def load_yaml(path: Path) -> dict:
-    data = yaml.safe_load(Path(path).read_text())
-    return data if isinstance(data, dict) else {}
-
-
-@dataclass
-class RunSpec:
-    name: str
-    group: str  # pool | main | table2
-    variant: str  # variant file stem (pool: "pool")
-    ipc: int
-    init: str
-    seed: int
-    config: dict
-
-    @property
-    def label(self) -> str:
-        return self.name
-
-
 def student_epochs(base: dict, mode: Mode, ipc: int) -> int:
     visits = mode.student_visits or (
         base["students"]["epochs"] * base["recover"]["ipc"] * NUM_CLASSES
@@ -136,7 +107,7 @@ def build_specs(mode: Mode, out: Path, base_path: Path = HERE / "base.yaml") -> 
     base = load_yaml(base_path)
     for dotted, value in mode.overrides.items():
         set_dotted(base, dotted, value)
-    pool_dir = (out / "pool").resolve()
+    pool = pool_dir(out).resolve()
     pool_cfg = copy.deepcopy(base)
     pool_cfg.update(name="pool", method="teacher pool")
     specs = [RunSpec("pool", "pool", "pool", 0, "-", 0, pool_cfg)]
@@ -151,7 +122,7 @@ def build_specs(mode: Mode, out: Path, base_path: Path = HERE / "base.yaml") -> 
         cfg["seed"] = seed
         cfg["squeeze"]["enabled"] = False
         for t in squeezed:
-            cfg["teachers"][t]["weights"] = str(pool_dir / "teachers" / f"{t}.pt")
+            cfg["teachers"][t]["weights"] = str(pool / "teachers" / f"{t}.pt")
         cfg["recover"]["ipc"] = ipc
         if init is not None:  # recover.init and its lr (variants/init_*.yaml)
             cfg = deep_merge(cfg, load_yaml(VARIANTS / f"init_{init}.yaml"))

@@ -25,6 +25,7 @@ from prism_hpc.config.schema import StageResources
 from prism_hpc.errors import TaskFailed, UserError
 from prism_hpc.hpc.executor import Executor, Run, register_executor
 from prism_hpc.hpc.plan import StagePlan, write_plan
+from prism_hpc.store import layout
 from prism_hpc.store.rundir import RunDir
 from prism_hpc.workflow import StageRegistry
 
@@ -81,8 +82,7 @@ class LogTail:
 
 
 def _log_path(rd: RunDir, stage: str, key: str, rank: int | None = None) -> Path:
-    suffix = f".rank{rank}" if rank is not None else ""
-    path = rd.logs / stage / f"{key}{suffix}.log"
+    path = layout.task_log(rd.root, stage, key, rank)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

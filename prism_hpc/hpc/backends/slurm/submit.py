@@ -35,6 +35,7 @@ from prism_hpc.hpc.scripts import (
     warning_signal,
     write_scripts,
 )  # fmt: skip
+from prism_hpc.store import layout
 from prism_hpc.store.rundir import RunDir
 
 # what submitit writes itself: the array range of map_array, its log files, append mode
@@ -109,7 +110,7 @@ def _submit_stage(
     records = []
     for k, chunk in enumerate(split(len(indices), max_size)):
         items = [indices[i] for i in chunk]
-        folder = rd.logs / plan.stage.name / f"attempt{attempt}_array{k}"
+        folder = layout.submitit_logs(rd.root, plan.stage.name, attempt, k)
         executor = submitit_executor(cfg, plan.stage.name, plan.resources, folder, dependency)
         n = len(items)
         # submitit prints sbatch's stderr itself before raising: keep it for the one-line error

@@ -1,4 +1,5 @@
-"""Cell and table formatting of BENCHMARKS.md (the benchmark's own, fixed output format)."""
+"""Cell and table formatting of both Fashion-MNIST BENCHMARKS.md files (the benchmarks' own,
+fixed output format)."""
 
 from __future__ import annotations
 
