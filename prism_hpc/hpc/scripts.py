@@ -115,13 +115,17 @@ def array_range(res: dict[str, Any], n: int) -> str:
     return f"0-{n - 1}" + (f"%{par}" if par else "")
 
 
-def _header(opts: dict[str, str | bool], comments: list[str] = ()) -> list[str]:
+def _header(
+    opts: dict[str, str | bool], res: dict[str, Any], comments: list[str] = ()
+) -> list[str]:
+    """Shebang, comments, the #SBATCH lines, then the environment every job sets up."""
     lines = ["#!/bin/bash", *comments]
     for key, value in opts.items():
         lines.append(
             f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={shlex.quote(value)}"
         )
-    return lines
+    lines += ["", "# environment of every prism-hpc job, then resources.setup (quoted words)"]
+    return lines + setup_lines(res)
 
 
 def _run_with_requeue(res: dict[str, Any], command: str) -> list[str]:
@@ -157,9 +161,7 @@ def render_script(cfg: Config, plan: StagePlan, chunk: int, run_dir: Path) -> st
         array=array_range(res, len(plan.chunks[chunk])),
         output=str(layout.sbatch_log(run_dir, plan.stage.name)),
     ))  # fmt: skip
-    lines = _header(opts)
-    lines += ["", "# environment of every prism-hpc job, then resources.setup (quoted words)"]
-    lines += setup_lines(res)
+    lines = _header(opts, res)
     lines += [
         "",
         f"RUN_DIR={shlex.quote(str(run_dir))}",
@@ -196,9 +198,7 @@ def render_eval_array(cfg: Config, plan: StagePlan, run_dir: Path) -> str:
         "# re-submitting is safe. Command-line options (--time, --partition, ...) override the",
         "# #SBATCH lines; --output too if RUN_DIR is not the default.",
     ]
-    lines = _header(opts, comments)
-    lines += ["", "# environment of every prism-hpc job, then resources.setup (quoted words)"]
-    lines += setup_lines(res)
+    lines = _header(opts, res, comments)
     lines += [
         "",
         f'RUN_DIR="${{1:-}}"; [ -n "$RUN_DIR" ] || RUN_DIR={shlex.quote(str(run_dir))}',

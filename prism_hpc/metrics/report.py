@@ -170,19 +170,11 @@ def write_report(
 
     parts.append("## Figures\n")
     grids = rep.safe("image grids", rep.grids)
-    if grids:
-        parts.append("### Distilled images\n")
-        for label, path, caption in grids:
-            parts.append(f"{label}:\n\n![{label}]({rep.rel(path)})\n")
-            if caption:
-                parts.append(caption + "\n")
+    parts += _labelled_figures("Distilled images", grids, rep.rel, alt=None)
     comps = rep.safe("comparison figures", rep.comparisons)
-    if comps:
-        parts.append("### Same initial images side by side (paper Fig. 5)\n")
-        for label, path, caption in comps:
-            parts.append(f"{label}:\n\n![comparison]({rep.rel(path)})\n")
-            if caption:
-                parts.append(caption + "\n")
+    parts += _labelled_figures(
+        "Same initial images side by side (paper Fig. 5)", comps, rep.rel, alt="comparison"
+    )
     embeds = rep.safe("embedding figures", rep.embeddings)
     if embeds:
         parts.append("### Feature embedding per class (paper Fig. 1)\n")
@@ -193,6 +185,21 @@ def write_report(
     out = layout.report_md(out_dir)
     atomic_write_text(out, "\n".join(parts))
     atomic_write_text(layout.report_json(out_dir), json.dumps(_summary(runs), indent=1) + "\n")
+    return out
+
+
+def _labelled_figures(
+    title: str, figures: list | None, rel: Callable[[Path], str], alt: str | None
+) -> list[str]:
+    """A `###` section of (label, path, caption) figures; nothing when there are none.
+    `alt` None: each image's alt text is its label."""
+    if not figures:
+        return []
+    out = [f"### {title}\n"]
+    for label, path, caption in figures:
+        out.append(f"{label}:\n\n![{alt or label}]({rel(path)})\n")
+        if caption:
+            out.append(caption + "\n")
     return out
 
 
