@@ -3,6 +3,7 @@ CPU flag reading, and the timing probe (small sizes)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -258,3 +259,27 @@ def test_doctor_lists_the_gpus_it_sees(fake_v100):
     assert checks["cuda"].status in ("ok", "warn")
     assert checks["gpus"].status == "ok" and "Tesla V100-SXM2-32GB, 32.0 GB, 7.0" in checks[
         "gpus"].detail  # fmt: skip
+
+
+def test_a_capped_onednn_vetoes_the_cpu_bf16_flag(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 on a Zen 4: the flag is there, torch says no bf16, and bf16
+    runs emulated (~160x slower than fp32 for a conv here): auto must give fp32."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    capped = cpu_capability({"avx2", "avx512f", "avx512_bf16"}, "Zen 4", torch_bf16=False)
+    assert not capped.native_bf16
+    choice = choose_precision("auto", capped)
+    assert choice.precision == "fp32"
+    assert "oneDNN does not use it (ONEDNN_MAX_CPU_ISA=AVX2)" in choice.reason
+    assert choose_precision("bf16", capped).warning is not None
+    unknown = cpu_capability({"avx512_bf16"}, "Zen 4", torch_bf16=None)  # torch not asked
+    assert unknown.native_bf16 and choose_precision("auto", unknown).precision == "bf16"
+
+
+def test_detect_follows_the_onednn_cap_in_a_fresh_process():
+    code = ("from prism_hpc.hardware.capability import detect; c = detect('cpu'); "
+            "print(c.torch_bf16, c.native_bf16)")  # fmt: skip
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert out.stdout.split() == ["False", "False"], out.stderr

@@ -47,8 +47,8 @@ _GPU_TOKENS: dict[str, tuple[int, int]] = {
 @dataclass(frozen=True)
 class DeviceCapability:
     """One device as the precision rule sees it. CPU: `cpu_flags` from /proc/cpuinfo; CUDA:
-    `cuda_capability`. `torch_bf16` is what torch claims (emulation included), kept only to
-    show how it can differ from `native_bf16`."""
+    `cuda_capability`. `torch_bf16` is what torch claims (emulation included on CUDA and on
+    AVX-512 CPUs); on a CPU its False vetoes the flag (oneDNN capped below the bf16 ISA)."""
 
     kind: str  # "cpu" | "cuda"
     name: str
@@ -61,7 +61,11 @@ class DeviceCapability:
     def native_bf16(self) -> bool:
         if self.kind == "cuda":
             return self.cuda_capability is not None and self.cuda_capability >= BF16_CUDA
-        return any(f in self.cpu_flags for f in CPU_BF16_FLAGS)
+        # The flag is not enough: oneDNN runs the kernels, and a capped ISA
+        # (ONEDNN_MAX_CPU_ISA=AVX2, set by some sites) makes bf16 emulated and ~100x slower
+        # although the flag is there; torch then reports no bf16 support.
+        has_flag = any(f in self.cpu_flags for f in CPU_BF16_FLAGS)
+        return has_flag and self.torch_bf16 is not False
 
     @property
     def native_fp16(self) -> bool:
@@ -84,6 +88,10 @@ class DeviceCapability:
             cc = self.cuda_capability
             have = f"{cc[0]}.{cc[1]}" if cc else "unknown"
             return f"compute capability {have} < {BF16_CUDA[0]}.{BF16_CUDA[1]}"
+        if any(f in self.cpu_flags for f in CPU_BF16_FLAGS):
+            isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+            capped = f" (ONEDNN_MAX_CPU_ISA={isa})" if isa else ""
+            return f"the bf16 flag is there but oneDNN does not use it{capped}"
         return "no avx512_bf16/amx_bf16 flag"
 
     def to_dict(self) -> dict[str, Any]:
