@@ -31,9 +31,7 @@ import time
 from pathlib import Path
 
 from benchmarks.fmnist_shared.markdown import fmt_s
-from benchmarks.fmnist_shared.runlist import changed_runs, write_sweep
-from benchmarks.fmnist_shared.session import INTERRUPTED, dry_run, run_sweep
-from benchmarks.fmnist_shared.timing import run_states
+from benchmarks.fmnist_shared.session import dry_run, sweep_runs
 
 from .suite.report import write_benchmarks
 from .suite.specs import MODES, REPO, build_specs, discover_methods, validate
@@ -108,18 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         path = write_benchmarks(out, mode, specs, methods, (ran, jobs), [])
         print(f"[bench] wrote {path}", flush=True)
         return 0
-    changed = changed_runs(out, specs)
-    if changed:
-        print(f"[bench] config changed since these runs started: {', '.join(changed)}; delete "
-              "their run dirs or use another --out", file=sys.stderr)  # fmt: skip
-        return 2
     start = time.time()
-    rc = run_sweep(out, write_sweep(out, name, specs), jobs, mode.name, argv)
-    if rc == INTERRUPTED:
-        print("[bench] interrupted: rerun the same command to continue", flush=True)
-        return rc
-    states = run_states(out)
-    failed = [s.name for s in specs if states.get(s.name) != "done"] if rc else []
+    stop, rc, failed = sweep_runs(out, name, specs, jobs, mode.name, argv, "bench")
+    if stop is not None:
+        return stop
     if not args.no_report:
         path = write_benchmarks(out, mode, specs, methods, (argv, jobs), failed)
         print(f"[bench] wrote {path}", flush=True)

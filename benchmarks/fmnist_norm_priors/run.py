@@ -23,9 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks.fmnist_shared.markdown import fmt_s
-from benchmarks.fmnist_shared.runlist import changed_runs, write_sweep
-from benchmarks.fmnist_shared.session import INTERRUPTED, REPO, dry_run, run_sweep
-from benchmarks.fmnist_shared.timing import run_states
+from benchmarks.fmnist_shared.session import REPO, dry_run, sweep_runs
 
 from .report import write_report
 from .specs import MODES, Mode, build_specs, validate
@@ -62,18 +60,10 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)  # fmt: skip
     if args.dry_run:
         return dry_run(out, name, specs, jobs)
-    changed = changed_runs(out, specs)
-    if changed:
-        print(f"[norm-priors] config changed since these runs started: {', '.join(changed)}; "
-              "delete their run dirs or use another --out", file=sys.stderr)  # fmt: skip
-        return 2
     start = time.time()
-    rc = run_sweep(out, write_sweep(out, name, specs), jobs, mode.name, argv)
-    if rc == INTERRUPTED:
-        print("[norm-priors] interrupted: rerun the same command to continue", flush=True)
-        return rc
-    states = run_states(out)
-    failed = [s.name for s in specs if states.get(s.name) != "done"] if rc else []
+    stop, rc, failed = sweep_runs(out, name, specs, jobs, mode.name, argv, "norm-priors")
+    if stop is not None:
+        return stop
     if not args.no_report:
         path = write_report(out, mode, specs, argv, jobs, failed)
         print(f"[norm-priors] wrote {path}", flush=True)

@@ -32,9 +32,7 @@ import time
 from pathlib import Path
 
 from benchmarks.fmnist_shared.markdown import fmt_s
-from benchmarks.fmnist_shared.runlist import changed_runs, write_sweep
-from benchmarks.fmnist_shared.session import INTERRUPTED, dry_run, run_sweep
-from benchmarks.fmnist_shared.timing import run_states
+from benchmarks.fmnist_shared.session import dry_run, sweep_runs
 
 from .driver import HERE, MODES, REPO, build_specs, calibrate, publish, validate, write_benchmarks
 
@@ -80,21 +78,13 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)  # fmt: skip
     if args.dry_run:
         return dry_run(out, name, specs, jobs)
-    changed = changed_runs(out, specs)
-    if changed:
-        print(f"[bench] config changed since these runs started: {', '.join(changed)}; delete "
-              "their run dirs or use another --out", file=sys.stderr)  # fmt: skip
-        return 2
     start = time.time()
-    rc = run_sweep(out, write_sweep(out, name, specs), jobs, mode.name, argv)
-    if rc == INTERRUPTED:
-        print("[bench] interrupted: rerun the same command to continue", flush=True)
-        return rc
+    stop, rc, failed = sweep_runs(out, name, specs, jobs, mode.name, argv, "bench")
+    if stop is not None:
+        return stop
     if mode.name == "smoke" and not (out / "calibration.json").is_file():
         cal = calibrate(specs[1].config if len(specs) > 1 else specs[0].config)
         (out / "calibration.json").write_text(json.dumps(cal, indent=1) + "\n")
-    states = run_states(out)
-    failed = [s.name for s in specs if states.get(s.name) != "done"] if rc else []
     if not args.no_report:
         path = write_benchmarks(out, mode, specs, argv, jobs, failed)
         print(f"[bench] wrote {path}", flush=True)

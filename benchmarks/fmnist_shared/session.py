@@ -86,3 +86,24 @@ def run_sweep(out: Path, spec: Path, jobs: int, mode: str, argv: list[str]) -> i
              "loadavg_end": os.getloadavg()[0], "jobs": jobs, "argv": argv, "rc": rc}  # fmt: skip
     _record(out, entry)
     return rc
+
+
+def sweep_runs(
+    out: Path, name: str, specs: list[RunSpec], jobs: int, mode: str, argv: list[str], tag: str
+) -> tuple[int | None, int, list[str]]:
+    """Refuse changed runs, run the sweep, name the runs that did not finish. Returns (exit
+    code to stop with now, or None to go on to the report; the sweep's code; failed runs)."""
+    from .runlist import changed_runs
+    from .timing import run_states
+
+    changed = changed_runs(out, specs)
+    if changed:
+        print(f"[{tag}] config changed since these runs started: {', '.join(changed)}; delete "
+              "their run dirs or use another --out", file=sys.stderr)  # fmt: skip
+        return 2, 2, []
+    rc = run_sweep(out, write_sweep(out, name, specs), jobs, mode, argv)
+    if rc == INTERRUPTED:
+        print(f"[{tag}] interrupted: rerun the same command to continue", flush=True)
+        return rc, rc, []
+    states = run_states(out)
+    return None, rc, [s.name for s in specs if states.get(s.name) != "done"] if rc else []
